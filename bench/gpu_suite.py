@@ -47,7 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("setup", "tests", "kernels", "bench", "train", "jax")
 # Seconds per part on the GPU machine: they add up to under 6 minutes, so a second call (say `--only kernels
 # --limit kernels=300` for the torch.compile chunks) fits in the same 15-minute device session.
-GPU_LIMITS = {"setup": 30, "tests": 60, "kernels": 70, "bench": 100, "train": 95, "jax": 0}
+GPU_LIMITS = {"setup": 40, "tests": 55, "kernels": 60, "bench": 105, "train": 95, "jax": 0}
 DRY_LIMITS = {"setup": 30, "tests": 60, "kernels": 30, "bench": 60, "train": 40, "jax": 0}
 TRAIN_SECONDS = {"gpu": 90.0, "dry": 30.0}  # the training runs this long, then gets SIGTERM
 DRY_STEADY_ROWS = 2  # the dry run stops its training as soon as train.csv has this many steady rows
@@ -81,7 +81,7 @@ class Step:
     stop_when: Callable[[], bool] | None = None  # ... or as soon as this says so (polled)
     ok_codes: tuple[int, ...] = (0,)
     na: str | None = None
-    result: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # added to the suite's environment
 
 
 def _kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
@@ -115,7 +115,7 @@ def run_step(step: Step, limit_s: float, log_path: str, env: dict[str, str]) -> 
     with open(log_path, "w") as log:
         log.write(f"$ {rec['cmd']}\n")
         log.flush()
-        proc = subprocess.Popen(step.cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(step.cmd, cwd=ROOT, env={**env, **step.env}, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             if step.stop_after_s is not None and step.stop_after_s < limit:
@@ -173,7 +173,7 @@ def part_status(steps: list[dict[str, Any]]) -> str:
 
 @dataclass
 class Ctx:
-    out: str
+    work: str  # raw files: logs, junit, benchmark JSON, the training run (the summary goes to the results folder)
     dry: bool
     env_backend: str
     wheelhouse: str | None
@@ -188,7 +188,7 @@ class Ctx:
         return [] if self.env_backend == "auto" else ["--set", f"env_backend={self.env_backend}"]
 
     def path(self, *parts: str) -> str:
-        return os.path.join(self.out, *parts)
+        return os.path.join(self.work, *parts)
 
 
 def steps_setup(c: Ctx) -> list[Step]:
@@ -200,11 +200,12 @@ def steps_setup(c: Ctx) -> list[Step]:
                                                   and not f.startswith("setuptools-"))
         pip = [c.py, "-m", "pip", "install", "--no-index", "--find-links", wh, "--disable-pip-version-check"]
         na = "dry-run: the wheels are for the GPU machine's CPython 3.12" if c.dry else None
-        steps.append(Step("wheels", pip + list(reqs), na=na))
+        # a throw-away machine: an "externally managed" system Python must not stop the install
+        steps.append(Step("wheels", pip + list(reqs), na=na, env={"PIP_BREAK_SYSTEM_PACKAGES": "1"}))
         # --no-deps: the index-less machine has what the project needs once the wheels are in; setuptools for
         # the isolated build comes from the wheelhouse too
         steps.append(Step("project", pip + ["--no-deps", "-e", "."], na="dry-run: installed already" if c.dry
-                          else None))
+                          else None, env={"PIP_BREAK_SYSTEM_PACKAGES": "1"}))
     env_id = "Pendulum-v1" if c.dry else "Ant-v4"
     check = ("import json, fastrsm, fastrsm.kernels, gymnasium, torch; "
              f"e = gymnasium.make({env_id!r}); e.reset(seed=0); e.close(); "
@@ -257,7 +258,7 @@ def steps_bench(c: Ctx) -> list[Step]:
     steps = []
     for algo, utd, group in bench_plan():
         name = f"{algo}-{utd}-{group}"
-        sizes = {"utd1": ["--updates", "100", "--warmup-updates", "10", "--act-calls", "30", "--env-steps", "500"],
+        sizes = {"utd1": ["--updates", "100", "--warmup-updates", "10", "--act-calls", "30", "--env-steps", "400"],
                  "utd0.2": ["--updates", "20", "--warmup-updates", "5", "--act-calls", "10", "--env-steps", "1000"]}
         cmd = [c.py, "-m", "fastrsm.bench", "--algo", algo, *UTDS[utd], "--json", c.path("bench", name + ".json")]
         na = None
@@ -517,6 +518,8 @@ def render_markdown(res: dict[str, Any]) -> str:
              f"updated {res.get('updated')}",
              f"- env backend: {res.get('env_backend')}. "
              + (ENVPOOL_NOTE if res.get("env_backend") == "gymnasium" else ""),
+             "- raw files (logs, junit XML, benchmark JSON, train.csv): the folders beside this file, or "
+             "gpu_results_raw.tar.gz where the run was packed for the device tool's $OUT",
              "", "| part | mode | status | wall s | limit s | note |", "|---|---|---|---|---|---|"]
     parts = res.get("parts", {})
     for name in PARTS:
@@ -604,36 +607,89 @@ def build_parser() -> argparse.ArgumentParser:
                    help="env backend for every part (EnvPool is not carried to the GPU machine)")
     p.add_argument("--limit", action="append", default=[], metavar="PART=SECONDS", help="a part's time limit")
     p.add_argument("--kernel-sweep", action="store_true", help="also the Triton launch-config sweep (minutes)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="fold these gpu_results.json (say, two device calls') into the folder's summary; runs no "
+                        "part unless --only names some")
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                   help="raw files as one gpu_results_raw.tar.gz (default: when writing to $OUT, which the device "
+                        "tool returns at most 8 files from)")
+    p.add_argument("--plan", action="store_true", help="print the commands each part would run, run nothing")
     p.add_argument("--commit", default=os.environ.get("GPU_SUITE_COMMIT"),
                    help="the commit, where the copy has no .git (default $GPU_SUITE_COMMIT)")
     return p
 
 
+def merge(res: dict[str, Any], other: Any) -> None:
+    """Fold another summary's parts (and its environment, where `res` has none) into `res`; `other` wins."""
+    if not isinstance(other, dict) or other.get("schema") != SCHEMA:
+        return
+    res["parts"].update(other.get("parts", {}))
+    res["runs"] += [r for r in other.get("runs", []) if r not in res["runs"]]
+    for key in ("environment", "env_backend"):
+        if other.get(key):
+            res[key] = other[key]
+
+
+def pack(work: str, tarball: str) -> None:
+    """The raw files as one archive: the device tool returns at most 8 files from $OUT."""
+    import tarfile
+
+    with tarfile.open(tarball + ".tmp", "w:gz") as tar:
+        tar.add(work, arcname="gpu_results_raw")
+    os.replace(tarball + ".tmp", tarball)
+
+
+def print_summary(res: dict[str, Any]) -> None:
+    """The part and target tables on stdout too: the device tool's output tail holds them if files go astray."""
+    md = render_markdown(res).splitlines()
+    keep = [line for line in md if line.startswith("|") or line.startswith("- device") or line.startswith("- driver")]
+    print("\n".join(keep), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    only = [x.strip() for item in (args.only or PARTS) for x in item.split(",") if x.strip()]
+    default = [] if args.merge and not args.only else list(PARTS)
+    only = [x.strip() for item in (args.only or default) for x in item.split(",") if x.strip()]
     unknown = [x for x in only if x not in PARTS]
     try:
-        if unknown or not only:
+        if unknown or (not only and not args.merge):
             raise ValueError(f"unknown part(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(PARTS)}")
         limits = parse_limits(args.limit, DRY_LIMITS if args.dry_run else GPU_LIMITS)
         if args.wheelhouse and not os.path.isdir(args.wheelhouse):
             raise ValueError(f"no wheelhouse folder {args.wheelhouse} (build it with tools/wheelhouse.py)")
+        missing = [m for m in args.merge or [] if not os.path.isfile(m)]
+        if missing:
+            raise ValueError(f"no summary to merge at {', '.join(missing)}")
     except ValueError as e:
         print(f"gpu_suite: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     out = os.path.abspath(args.out or os.environ.get("OUT") or os.path.join(ROOT, "gpu_results"))
-    c = Ctx(out=out, dry=args.dry_run, env_backend=args.env_backend,
+    # Into the device tool's $OUT only a few files may go: the raw ones then travel as one archive.
+    packed = args.pack if args.pack is not None else (args.out is None and bool(os.environ.get("OUT")))
+    work = out
+    if packed and not args.plan:
+        import tempfile
+
+        work = tempfile.mkdtemp(prefix="gpu_suite_")
+    c = Ctx(work=work, dry=args.dry_run, env_backend=args.env_backend,
             wheelhouse=os.path.abspath(args.wheelhouse) if args.wheelhouse else None, kernel_sweep=args.kernel_sweep)
+    if args.plan:
+        for part in only:
+            print(f"{part} (limit {limits[part]:.0f}s)")
+            for s in STEPS[part](c):
+                print(f"  {s.name}: {'n/a: ' + s.na if s.na else ' '.join(s.cmd)}")
+        return 0
     forced = {x.strip() for x in os.environ.get(FAIL_ENV, "").split(",") if x.strip()}
-    for d in ("logs", "tests", "kernels", "bench", "train"):
-        os.makedirs(c.path(d), exist_ok=True)
-    json_path = c.path("gpu_results.json")
-    res = _read_json(json_path) if args.only else None
-    if not isinstance(res, dict) or res.get("schema") != SCHEMA:
-        res = {"schema": SCHEMA, "parts": {}, "runs": []}
+    os.makedirs(c.path("logs"), exist_ok=True)
+    json_path = os.path.join(out, "gpu_results.json")
+    res: dict[str, Any] = {"schema": SCHEMA, "parts": {}, "runs": []}
+    if args.only or args.merge:  # a partial run adds to what the folder holds; a full run starts afresh
+        merge(res, _read_json(json_path))
+    for m in args.merge or []:
+        merge(res, _read_json(m))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    print(f"gpu_suite: {'dry run' if c.dry else 'GPU run'}: parts {', '.join(only)} -> {out}", flush=True)
+    if only:
+        print(f"gpu_suite: {'dry run' if c.dry else 'GPU run'}: parts {', '.join(only)} -> {out}", flush=True)
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     for part in PARTS:
@@ -665,17 +721,25 @@ def main(argv: list[str] | None = None) -> int:
             status, note = FAILED, "no steady rows in train.csv (warm-up not over, or no log interval after it)"
         res["parts"][part] = {"status": status, "mode": c.mode, "wall_s": round(time.monotonic() - t0, 2),
                               "limit_s": limits[part], "steps": recs, "figures": fig, "note": note,
+                              "raw": "gpu_results_raw.tar.gz" if packed else ".",
                               "run_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "forced_failure": part in forced}
         print(f"gpu_suite: {part}: {status} ({res['parts'][part]['wall_s']:.1f}s)", flush=True)
 
-    res["environment"] = environment(args.commit)
-    if not c.dry and not res["environment"].get("cuda_available"):
-        res.setdefault("warnings", []).append("not a dry run, but torch sees no CUDA device")
-    res.update(env_backend=c.env_backend, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               not_measured=NOT_MEASURED, targets=targets(res["parts"]))
-    res["runs"].append({"started": started, "parts": only, "mode": c.mode, "argv": sys.argv[1:]})
+    if only:  # the machine the parts ran on; a merge alone keeps the merged summaries' machine
+        res["environment"] = environment(args.commit)
+        res["env_backend"] = c.env_backend
+        if not c.dry and not res["environment"].get("cuda_available"):
+            res.setdefault("warnings", []).append("not a dry run, but torch sees no CUDA device")
+        res["runs"].append({"started": started, "parts": only, "mode": c.mode, "argv": sys.argv[1:],
+                            "device": res["environment"].get("device"), "commit": res["environment"].get("commit")})
+    res.update(updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), not_measured=NOT_MEASURED, targets=targets(res["parts"]))
+    os.makedirs(out, exist_ok=True)
     _atomic_write(json_path, json.dumps(res, indent=1, default=str) + "\n")
-    _atomic_write(c.path("gpu_results.md"), render_markdown(res))
+    _atomic_write(os.path.join(out, "gpu_results.md"), render_markdown(res))
+    if packed and only:
+        pack(work, os.path.join(out, "gpu_results_raw.tar.gz"))
+        shutil.rmtree(work, ignore_errors=True)
+    print_summary(res)
     bad = [p for p in only if res["parts"][p]["status"] not in (OK, NA, SKIPPED)]
     verdict = "not ok: " + ", ".join(f"{p} ({res['parts'][p]['status']})" for p in bad) if bad else "all ok"
     print(f"gpu_suite: wrote {json_path} and gpu_results.md; {verdict}", flush=True)

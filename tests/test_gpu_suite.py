@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -88,10 +89,10 @@ def test_dry_run_writes_every_part_and_records_a_failing_one(dry_run):
     assert "gymnasium" in md and "Not measured by this suite" in md
 
 
-def test_only_reruns_one_part_and_merges(dry_run):
+def test_only_reruns_one_part_merges_and_packs(dry_run):
     out, _ = dry_run
     before = _results(out)
-    proc = _run("--dry-run", "--out", str(out), "--only", "setup")
+    proc = _run("--dry-run", "--out", str(out), "--only", "setup", "--pack")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     after = _results(out)
     assert after["parts"]["setup"]["status"] == "ok" and not after["parts"]["setup"]["forced_failure"]
@@ -99,6 +100,25 @@ def test_only_reruns_one_part_and_merges(dry_run):
         assert after["parts"][part] == before["parts"][part]
     assert [r["parts"] for r in after["runs"]] == [list(suite.PARTS), ["setup"]]
     assert "## setup: ok" in open(os.path.join(out, "gpu_results.md")).read()
+    with tarfile.open(os.path.join(out, "gpu_results_raw.tar.gz")) as tar:
+        assert "gpu_results_raw/logs/setup__import-check.log" in tar.getnames()
+    assert "| setup | dry | **ok**" in proc.stdout  # the tables on stdout too, for the device tool's output tail
+
+
+def test_merge_folds_summaries_without_running_anything(tmp_path):
+    def summary(part, status, device):
+        return {"schema": suite.SCHEMA, "parts": {part: {"status": status, "mode": "gpu", "steps": [],
+                                                         "figures": {}}},
+                "runs": [{"parts": [part], "device": device}], "environment": {"device": device}}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(summary("tests", "ok", "H200")))
+    b.write_text(json.dumps(summary("kernels", "partial", "H200 (second call)")))
+    assert suite.main(["--out", str(tmp_path / "out"), "--merge", str(a), str(b)]) == 0
+    res = _results(tmp_path / "out")
+    assert {p: v["status"] for p, v in res["parts"].items()} == {"tests": "ok", "kernels": "partial"}
+    assert res["environment"]["device"] == "H200 (second call)" and len(res["runs"]) == 2
+    assert "## kernels: partial" in open(tmp_path / "out" / "gpu_results.md").read()
 
 
 def test_unknown_part_is_a_one_line_usage_error(tmp_path):
