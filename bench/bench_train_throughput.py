@@ -9,10 +9,10 @@ steps, neither timed; then the `--steps` timed steps are split into `--rounds` c
 turns chunk by chunk (the order rotating each round). On a shared, noisy CPU, a load spike then hits every
 contestant alike, and the per-round ratio fastrsm/SB3 is reported next to the ratio of the totals.
 
-fastrsm runs the body of `fastrsm.train.train`'s loop (EnvPool env stepping while the agent updates,
-device-resident ReplayBuffer, act, update, the periodic NaN check) without its logging, evaluation and
-checkpointing, which a run pays only every few thousand steps; `--trainer-check` also times
-`fastrsm.train.train` itself as a cross-check.
+fastrsm runs the body of `fastrsm.train.train`'s loop — the same function, `fastrsm.loop.vector_step` (EnvPool
+env stepping while the agent updates, device-resident ReplayBuffer, act, update) and the periodic NaN check —
+without its logging, evaluation and checkpointing, which a run pays only every few thousand steps;
+`--trainer-check` also times `fastrsm.train.train` itself as a cross-check.
 SB3 runs `model.learn` on gymnasium's Ant-v4, resumed once per chunk (`reset_num_timesteps=False`).
 
 On a CPU shared with other work keep `--threads 1`: with more torch threads than idle cores, OpenMP's spinning
@@ -65,8 +65,8 @@ class Contestant:
 
 
 class FastrsmLoop(Contestant):
-    """The body of fastrsm.train.train's while-loop, for num_envs=1 (so one update per step at utd=1): the env
-    step is sent before the updates and received after them, so EnvPool's thread overlaps the update."""
+    """The training loop's body (`fastrsm.loop.vector_step`, as `fastrsm.train.train` runs it) with the periodic
+    NaN check; for num_envs=1 one update per step at utd=1, the env step overlapping the update."""
 
     def __init__(self, name: str, overrides: dict[str, Any], preset: str, note: str, seed: int = 0):
         from fastrsm.agents import make_agent
@@ -74,6 +74,7 @@ class FastrsmLoop(Contestant):
         from fastrsm.config import make_config
         from fastrsm.envs import make_vec_env
         from fastrsm.graphs import make_fast_agent
+        from fastrsm.loop import LoopState
         from fastrsm.replay import ReplayBuffer
 
         self.name, self.note = name, note
@@ -87,34 +88,20 @@ class FastrsmLoop(Contestant):
         self.fast = make_fast_agent(self.agent, cfg.num_envs, enabled=cfg.cuda_graphs and cfg.backend != "compile")
         self.rb = ReplayBuffer(cfg.buffer_size, self.envs.obs_dim, self.envs.act_dim, self.device, cfg.batch_size)
         self.obs = self.envs.reset()
-        self.env_steps, self.update_credit = 0, 0.0
+        self.st = LoopState()
         self.metrics: dict[str, torch.Tensor] = {}
-        self.ep_returns: list[float] = []
         self.next_check = cfg.nan_check_every if cfg.nan_check_every else math.inf
 
     def advance(self, n: int) -> None:
-        from fastrsm.train import check_finite
+        from fastrsm import loop
 
-        cfg, fast, rb, E = self.cfg, self.fast, self.rb, self.cfg.num_envs
-        for _ in range(n // E):
-            if self.env_steps < cfg.warmup_steps:
-                action = np.random.uniform(-1.0, 1.0, size=(E, self.envs.act_dim)).astype(np.float32)
-            else:
-                action = fast.act(torch.as_tensor(self.obs, device=self.device), explore=True).cpu().numpy()
-            self.envs.step_async(action)
-            if self.env_steps + E >= cfg.warmup_steps and len(rb) >= cfg.batch_size:
-                self.update_credit += E * cfg.utd
-                while self.update_credit >= 1.0:
-                    self.metrics.update(fast.update(rb))
-                    self.update_credit -= 1.0
-            res = self.envs.step_wait()
-            rb.add(self.obs, action, res.reward, res.next_obs, res.terminated, res.valid)
+        for _ in range(n // self.cfg.num_envs):
+            res = loop.vector_step(self.cfg, self.envs, self.fast, self.rb, self.obs, self.st, self.metrics,
+                                   self.device)
             self.obs = res.next_obs
-            self.env_steps += E
-            self.ep_returns.extend(float(r) for r in res.episode_returns)
-            if self.env_steps >= self.next_check:
-                self.next_check += cfg.nan_check_every
-                check_finite(self.agent, self.metrics, self.env_steps)
+            if self.st.env_steps >= self.next_check:
+                self.next_check += self.cfg.nan_check_every
+                loop.check_finite(self.agent, self.metrics, self.st.env_steps)
 
     def close(self) -> None:
         self.envs.close()

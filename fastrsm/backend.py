@@ -1,7 +1,15 @@
 """One switch for the hot paths (DESIGN.md "Dispatch"): the reverse chain, the weighted score-matching loss and
 best-of-N selection, each as plain PyTorch ('torch'), torch.compile of the same ('compile') or the fused Triton
-kernels of fastrsm.kernels ('triton'). Every backend computes the same function; the PyTorch versions are the
-references.
+kernels of fastrsm.kernels ('triton'). Every backend computes the same function; the PyTorch references live
+beside the kernels in kernels/reference.py.
+
+Two settings shape the triton chain only:
+- `chain_noise`: 'torch' draws x_T and the per-step noise with torch's generator and hands them to the chain
+  (the same random numbers as the torch backend for a seed); 'kernel' draws them inside the kernel with
+  Philox from a seed taken from torch's generator (reproducible for a seed, a different stream from torch's,
+  and on a GPU it never materialises the [T, B·N, A] noise tensor).
+- `chain_precision`: 'fp32' (exact products), 'tf32' or 'bf16' matmul operands (GPU only; accumulation and the
+  chain state stay fp32).
 
 Triton is imported only when the triton backend is chosen, so the library imports where it is absent.
 """
@@ -9,26 +17,25 @@ Triton is imported only when the triton backend is chosen, so the library import
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .diffusion import Schedule, reverse_chain
-from .losses import weighted_sm_loss
-from .nets import EpsilonNet
+from .kernels._utils import interpreter_enabled, triton_device_problem
+from .kernels.reference import best_of_n as best_of_n_reference
+from .kernels.reference import reverse_chain, weighted_sm_loss
 
 BACKENDS = ("auto", "torch", "compile", "triton")
+CHAIN_NOISE = ("torch", "kernel")
+CHAIN_PRECISIONS = ("fp32", "tf32", "bf16")
+
+__all__ = ["BACKENDS", "CHAIN_NOISE", "CHAIN_PRECISIONS", "BackendError", "Ops", "best_of_n_reference",
+           "interpreter_enabled", "make_ops", "resolve_backend", "triton_available"]
 
 
 class BackendError(ValueError):
     """A backend that cannot run here (unknown name, triton without CUDA or its interpreter, ...)."""
-
-
-def interpreter_enabled() -> bool:
-    """TRITON_INTERPRET=1: Triton kernels run on CPU tensors (slowly), for tests without a GPU."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
 def triton_available() -> bool:
@@ -41,16 +48,6 @@ def triton_available() -> bool:
     return True
 
 
-def check_triton_device(device: torch.device | str) -> None:
-    """Raise BackendError unless Triton kernels can run on `device`."""
-    device = torch.device(device)
-    if device.type == "cuda" or (device.type == "cpu" and interpreter_enabled()):
-        return
-    raise BackendError(
-        f"the triton backend needs a CUDA device (got {device.type!r}); on CPU it runs only under the Triton "
-        "interpreter (set TRITON_INTERPRET=1 before triton is imported), or choose --backend torch/compile/auto")
-
-
 def resolve_backend(name: str, device: torch.device | str) -> str:
     """'auto' -> 'triton' on CUDA when triton imports, else 'torch'; other names are checked and returned."""
     device = torch.device(device)
@@ -59,72 +56,93 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
     if name == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"
     if name == "triton":
-        check_triton_device(device)
+        problem = triton_device_problem(device)
+        if problem is not None:
+            raise BackendError(problem)
         if not triton_available():
             raise BackendError("the triton backend needs the `triton` package (pip install triton)")
     return name
 
 
-def best_of_n_reference(q: torch.Tensor, cand: torch.Tensor, noise: torch.Tensor | None = None,
-                        noise_std: float | torch.Tensor = 0.0, clip: float | None = 1.0
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best-of-N selection (SPEC §3, §9.3): q [B, N], cand [B, N, A] -> (action [B, A], idx [B] int64).
-
-    idx = argmax_n q (ties: the lowest index; a NaN counts as the maximum, so the first NaN wins, as in
-    torch.argmax); action = cand[idx] + noise_std·noise (if noise is given), clipped to [-clip, clip]
-    (clip=None: no clipping). This is the reference of kernels/best_of_n.py."""
-    if q.dim() != 2 or cand.dim() != 3 or cand.shape[:2] != q.shape:
-        raise ValueError(f"q must be [B, N] and cand [B, N, A]; got {tuple(q.shape)} and {tuple(cand.shape)}")
-    idx = q.argmax(dim=1)
-    action = cand.gather(1, idx.view(-1, 1, 1).expand(-1, 1, cand.shape[2])).squeeze(1)
-    if noise is not None:
-        action = action + noise_std * noise
-    if clip is not None:
-        action = action.clamp(-clip, clip)
-    return action, idx
+def check_chain_options(backend: str, device: torch.device | str, chain_noise: str, chain_precision: str) -> None:
+    """Refuse chain settings the resolved `backend` cannot honour (they would otherwise be silently ignored)."""
+    if chain_noise not in CHAIN_NOISE:
+        raise BackendError(f"unknown chain-noise {chain_noise!r}; choose one of {', '.join(CHAIN_NOISE)}")
+    if chain_precision not in CHAIN_PRECISIONS:
+        raise BackendError(f"unknown chain-precision {chain_precision!r}; choose one of "
+                           f"{', '.join(CHAIN_PRECISIONS)}")
+    if backend != "triton" and (chain_noise != "torch" or chain_precision != "fp32"):
+        raise BackendError(f"--chain-noise {chain_noise} / --chain-precision {chain_precision} need the triton "
+                           f"backend (this run resolves to {backend!r}); the other backends draw their noise with "
+                           "torch and compute in fp32")
+    if chain_precision == "bf16" and torch.device(device).type != "cuda":
+        raise BackendError("--chain-precision bf16 needs CUDA (the Triton interpreter has no bf16 matmul)")
 
 
-def _torch_chain(eps_net: EpsilonNet, sched: Schedule, s: torch.Tensor, x_T: torch.Tensor,
-                 noise: torch.Tensor | None = None) -> torch.Tensor:
-    if noise is None:  # every backend draws fresh noise when none is given
-        noise = torch.randn(sched.T, *x_T.shape, device=x_T.device, dtype=x_T.dtype)
-    return reverse_chain(eps_net, sched, s, x_T, noise)
+def draw_chain_inputs(rows: int, T: int, A: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_T ~ 0.5·N(0, I) [rows, A] and the per-step noise [T, rows, A], from torch's generator."""
+    x_T = 0.5 * torch.randn(rows, A, device=device)
+    noise = torch.randn(T, rows, A, device=device)
+    return x_T, noise
 
 
 @dataclass(frozen=True)
 class Ops:
     """The hot paths of one backend, all with the references' signatures:
 
-    chain(eps_net, sched, s, x_T, noise=None) -> x_0 [B·N, A]  (noise None: drawn fresh)
-    sm_loss(eps_pred, eps_targets, logits) -> scalar loss        (differentiable in eps_pred)
+    chain(eps_net, sched, s, x_T, noise=None) -> x_0 [B·N, A]   (given x_T; noise None: drawn fresh)
+    sample(eps_net, sched, s, particles) -> actions [B, N, A]   (draws x_T and the noise as `chain_noise` says)
+    sm_loss(eps_pred, eps_targets, logits) -> scalar loss         (differentiable in eps_pred)
     best_of_n(q, cand, noise, noise_std, clip=1.0) -> (action [B, A], idx [B])
     """
 
     backend: str
     chain: Callable[..., torch.Tensor]
+    sample: Callable[..., torch.Tensor]
     sm_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     best_of_n: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    chain_noise: str = "torch"
+    chain_precision: str = "fp32"
 
 
-def make_ops(backend: str, device: torch.device | str, chain_precision: str = "fp32") -> Ops:
-    """The Ops of `backend` ('auto' resolved for `device`). chain_precision applies to the triton chain only:
-    'fp32', or 'tf32' / 'bf16' matmul operands on GPU."""
+def _sampler(chain: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """sample() on top of a chain that takes its noise: draw it with torch, run the chain, shape [B, N, A]."""
+
+    def sample(eps_net, sched, s: torch.Tensor, particles: int) -> torch.Tensor:
+        B, A = s.shape[0], eps_net.act_dim
+        x_T, noise = draw_chain_inputs(B * particles, sched.T, A, s.device)
+        return chain(eps_net, sched, s, x_T, noise).reshape(B, particles, A)
+
+    return sample
+
+
+def make_ops(backend: str, device: torch.device | str, chain_precision: str = "fp32",
+             chain_noise: str = "torch") -> Ops:
+    """The Ops of `backend` ('auto' resolved for `device`); see the module docstring for the chain settings."""
     name = resolve_backend(backend, device)
-    if name == "torch":
-        return Ops(name, _torch_chain, weighted_sm_loss, best_of_n_reference)
-    if name == "compile":
-        compiled_chain = torch.compile(reverse_chain)
+    check_chain_options(name, device, chain_noise, chain_precision)
+    if name in ("torch", "compile"):
+        run_chain = torch.compile(reverse_chain) if name == "compile" else reverse_chain
 
         def chain(eps_net, sched, s, x_T, noise=None):
-            if noise is None:
+            if noise is None:  # every backend draws fresh noise when none is given
                 noise = torch.randn(sched.T, *x_T.shape, device=x_T.device, dtype=x_T.dtype)
-            return compiled_chain(eps_net, sched, s, x_T, noise)
+            return run_chain(eps_net, sched, s, x_T, noise)
 
-        return Ops(name, chain, torch.compile(weighted_sm_loss), torch.compile(best_of_n_reference))
+        if name == "torch":
+            return Ops(name, chain, _sampler(chain), weighted_sm_loss, best_of_n_reference)
+        return Ops(name, chain, _sampler(chain), torch.compile(weighted_sm_loss), torch.compile(best_of_n_reference))
     # triton: imported here, not at the top, so the library works without it
     from .kernels import fused_best_of_n, fused_chain, fused_weighted_sm_loss
 
     def triton_chain(eps_net, sched, s, x_T, noise=None):
         return fused_chain(eps_net, sched, s, x_T, noise, precision=chain_precision)
 
-    return Ops(name, triton_chain, fused_weighted_sm_loss, fused_best_of_n)
+    if chain_noise == "kernel":
+        def sample(eps_net, sched, s, particles):
+            # x_T and every step's noise drawn in-kernel (Philox), the seed from torch's generator on the device
+            out = fused_chain(eps_net, sched, s, None, None, particles=particles, precision=chain_precision)
+            return out.reshape(s.shape[0], particles, eps_net.act_dim)
+    else:
+        sample = _sampler(triton_chain)
+    return Ops(name, triton_chain, sample, fused_weighted_sm_loss, fused_best_of_n, chain_noise, chain_precision)

@@ -7,8 +7,8 @@ update captured as CUDA graphs) and `triton` (the fused Triton kernels inside CU
   needed; an update's cost does not depend on the values), timed with CUDA events on CUDA;
 - act latency: one best-of-N action for `num_envs` states, including the copy back to the host that training
   does every step;
-- env steps/s: a short training loop as in train.py (act, env step, replay add, `utd` updates per env step),
-  after the replay fill, so every step learns;
+- env steps/s: the training loop's own body (`fastrsm.loop.vector_step`, exactly what `fastrsm-train` runs:
+  the env step overlapping the updates), after the replay fill, so every step learns;
 - peak GPU memory (torch.cuda.max_memory_allocated, the replay buffer included; its size is reported apart).
 
 Every backend starts from the same seed and does the same warm-up (compilation and graph capture happen there,
@@ -19,6 +19,7 @@ On CPU only `torch` and `compile` run (the others read "n/a (needs CUDA)"); `--p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -31,15 +32,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import loop
 from .agents import make_agent
 from .backend import BackendError, make_ops
-from .config import Config, ConfigError, make_config
-from .envs import EnvIdError, check_env_id, make_vec_env
+from .cli import OneLineParser, parse_set, run_main
+from .config import Config, make_config
+from .envs import check_env_id, make_vec_env
 from .graphs import GraphedAgent, make_fast_agent
+from .loop import LoopState
 from .replay import ReplayBuffer
 from .utils import UsageError, atomic_write_json, resolve_device, seed_everything
 
-EXIT_USAGE = 2
 BENCH_BACKENDS = ("torch", "compile", "graphs", "triton")
 # backend name -> (ops of fastrsm.backend, CUDA graphs on)
 _IMPL = {"torch": ("torch", False), "compile": ("compile", False), "graphs": ("torch", True),
@@ -90,28 +93,23 @@ def time_act(fast: GraphedAgent, obs: torch.Tensor, n: int, device: torch.device
 
 def env_loop(cfg: Config, steps: int, seed: int, fast: GraphedAgent | None, rb: ReplayBuffer | None,
              device: torch.device, warmup_steps: int = 5) -> float:
-    """Env steps per second of act + env step + replay add + updates (utd per env step), as in train.py.
+    """Env steps per second of the training loop's own body (`fastrsm.loop.vector_step`: act, env step sent,
+    `utd` updates overlapping it, env step received, replay add), after the replay fill, so every step learns.
     With `fast=None`, uniform random actions and nothing else: the environment's own rate."""
     env = make_vec_env(cfg.env_id, cfg.num_envs, seed, cfg.env_backend)
     E = cfg.num_envs
+    learn_cfg = dataclasses.replace(cfg, warmup_steps=0)  # the replay is already filled: act and learn at once
     try:
         obs = env.reset()
-        credit = 0.0
+        st, metrics = LoopState(), {}
         rng = np.random.default_rng(seed)
 
         def step() -> None:
-            nonlocal obs, credit
+            nonlocal obs
             if fast is None:
                 env.step(rng.uniform(-1, 1, (E, env.act_dim)).astype(np.float32))
                 return
-            action = fast.act(torch.as_tensor(obs, device=device), explore=True).cpu().numpy()
-            res = env.step(action)
-            rb.add(obs, action, res.reward, res.next_obs, res.terminated, res.valid)
-            obs = res.next_obs
-            credit += E * cfg.utd
-            while credit >= 1.0:
-                fast.update(rb)
-                credit -= 1.0
+            obs = loop.vector_step(learn_cfg, env, fast, rb, obs, st, metrics, device).next_obs
 
         for _ in range(warmup_steps):
             step()
@@ -146,7 +144,9 @@ def bench_backend(name: str, cfg: Config, obs_dim: int, act_dim: int, device: to
     _free(device)
     try:
         seed_everything(args.seed)
-        ops = make_ops(ops_name, device)
+        # the chain settings apply to the triton chain; the other rows run their backend's fp32/torch-noise chain
+        chain = dict(chain_precision=cfg.chain_precision, chain_noise=cfg.chain_noise) if ops_name == "triton" else {}
+        ops = make_ops(ops_name, device, **chain)
         agent = make_agent(cfg.algo, obs_dim, act_dim, cfg, device, ops)
         rb = ReplayBuffer(cfg.buffer_size, obs_dim, act_dim, device, cfg.batch_size)
         fill_random(rb, min(args.fill, cfg.buffer_size), args.seed)
@@ -216,7 +216,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastrsm-bench",
+    p = OneLineParser(prog="fastrsm-bench",
                                 description="End-to-end update latency, act latency, env steps/s and peak GPU "
                                             "memory of one configuration under each backend (torch, compile, "
                                             "graphs, triton), in one run on one machine.",
@@ -254,11 +254,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, torch.device, list[str]]
     device = resolve_device(args.device)
     overrides: dict[str, Any] = {"env_id": args.env, "algo": args.algo, "num_envs": args.num_envs, "utd": args.utd,
                                  "device": device.type, "seed": args.seed}
-    for kv in args.set:
-        if "=" not in kv:
-            raise ConfigError(f"--set expects KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        overrides[k.strip()] = v.strip()
+    overrides.update(parse_set(args.set))
     cfg = make_config(args.preset, overrides)
     if args.fill < cfg.batch_size:
         raise UsageError(f"--fill must be at least the batch size ({cfg.batch_size})")
@@ -267,19 +263,15 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, torch.device, list[str]]
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main("fastrsm-bench", lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg, device, backends = _prepare(args)
-    except (ConfigError, UsageError, EnvIdError, ValueError) as e:
-        print(f"fastrsm-bench: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    cfg, device, backends = _prepare(args)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    try:
-        probe = make_vec_env(cfg.env_id, 1, args.seed, cfg.env_backend)
-    except EnvIdError as e:
-        print(f"fastrsm-bench: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    probe = make_vec_env(cfg.env_id, 1, args.seed, cfg.env_backend)
     obs_dim, act_dim = probe.obs_dim, probe.act_dim
     probe.close()
 

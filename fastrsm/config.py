@@ -13,11 +13,19 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-ALGOS = ("dpmd", "sdac", "sac")
-BACKENDS = ("auto", "torch", "compile", "triton")
-DEVICES = ("auto", "cpu", "cuda")
-SCHEDULES = ("linear", "cosine", "vp")
+from .backend import BACKENDS, CHAIN_NOISE, CHAIN_PRECISIONS
+from .diffusion import SCHEDULES
+from .envs import ENV_BACKENDS
+from .utils import DEVICES
+
 DPMD_WEIGHTS = ("exp", "softmax")
+
+
+def algo_names() -> tuple[str, ...]:
+    """The algorithms, from the one registry (fastrsm.agents.AGENTS; imported here lazily: agents import this)."""
+    from .agents import AGENTS
+
+    return tuple(AGENTS)
 
 
 class ConfigError(ValueError):
@@ -39,6 +47,8 @@ class Config:
     torch_threads: int = 0  # CPU threads for torch; 0 = torch's default. Small nets run fastest on 1.
     cuda_graphs: bool = True  # capture acting and the update step in CUDA graphs (CUDA only; not with compile)
     env_backend: str = "auto"  # auto = EnvPool where it has the id, else gymnasium
+    chain_noise: str = "torch"  # triton backend: 'kernel' draws the chain's noise in-kernel (Philox)
+    chain_precision: str = "fp32"  # triton backend: fp32, or tf32 / bf16 matmul operands (GPU)
     # --- evaluation ---
     eval_every: int = 50_000
     eval_episodes: int = 20
@@ -93,12 +103,17 @@ class Config:
             if not cond:
                 raise ConfigError(msg)
 
-        need(self.algo in ALGOS, f"unknown algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
+        algos = algo_names()
+        need(self.algo in algos, f"unknown algo {self.algo!r}; choose one of {', '.join(algos)}")
         need(self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         need(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        need(self.env_backend in ("auto", "envpool", "gymnasium"),
-             f"unknown env backend {self.env_backend!r}; choose auto, envpool or gymnasium")
+        need(self.env_backend in ENV_BACKENDS,
+             f"unknown env backend {self.env_backend!r}; choose one of {', '.join(ENV_BACKENDS)}")
+        need(self.chain_noise in CHAIN_NOISE,
+             f"unknown chain-noise {self.chain_noise!r}; choose one of {', '.join(CHAIN_NOISE)}")
+        need(self.chain_precision in CHAIN_PRECISIONS,
+             f"unknown chain-precision {self.chain_precision!r}; choose one of {', '.join(CHAIN_PRECISIONS)}")
         need(self.dpmd_weights in DPMD_WEIGHTS,
              f"unknown dpmd_weights {self.dpmd_weights!r}; choose one of {', '.join(DPMD_WEIGHTS)}")
         for name in ("total_steps", "num_envs", "batch_size", "buffer_size", "hidden", "layers", "time_dim",

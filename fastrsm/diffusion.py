@@ -1,8 +1,8 @@
 """The diffusion policy (SPEC §2): noise schedules, forward noising, the DDPM reverse chain.
 
 Steps are indexed 0..T-1 in code: index i is the paper's t = i + 1, so `abar[i]` is ᾱ_{i+1}.
-`reverse_chain` is the plain PyTorch definition of the chain; faster backends (kernels/chain.py, CUDA
-graphs) are held to it by the tests.
+`reverse_chain` (defined beside the fused kernel in kernels/reference.py, re-exported here) is the plain
+PyTorch definition of the chain; faster backends (kernels/chain.py, CUDA graphs) are held to it by the tests.
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .kernels.reference import reverse_chain, reverse_step
 from .nets import EpsilonNet
+
+SCHEDULES = ("linear", "cosine", "vp")
+
+__all__ = ["SCHEDULES", "Schedule", "DiffusionPolicy", "make_betas", "q_sample", "reverse_chain", "reverse_step"]
 
 
 def make_betas(kind: str, T: int, scale: float = 0.8) -> torch.Tensor:
@@ -35,7 +40,7 @@ def make_betas(kind: str, T: int, scale: float = 0.8) -> torch.Tensor:
         t = torch.arange(1, T + 1, dtype=torch.float64)
         betas = 1 - torch.exp(-b_min / T - 0.5 * (b_max - b_min) * (2 * t - 1) / T**2)
     else:
-        raise ValueError(f"unknown schedule {kind!r}; choose linear, cosine or vp")
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
     return betas
 
 
@@ -80,32 +85,6 @@ class Schedule:
 def q_sample(sched: Schedule, a0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Forward noising a_t = √ᾱ_t a_0 + √(1−ᾱ_t) ε; t: integer index tensor broadcastable to a0's rows."""
     return sched.sqrt_abar[t].unsqueeze(-1) * a0 + sched.sqrt_1m_abar[t].unsqueeze(-1) * eps
-
-
-def reverse_step(sched: Schedule, i: int, x: torch.Tensor, eps_hat: torch.Tensor,
-                 noise: torch.Tensor | None) -> torch.Tensor:
-    """One DDPM posterior step from index i to i-1 with x̂_0 clipped to [-1, 1]."""
-    x0 = ((x - sched.sqrt_1m_abar[i] * eps_hat) / sched.sqrt_abar[i]).clamp(-1.0, 1.0)
-    mean = sched.post_c0[i] * x0 + sched.post_ct[i] * x
-    if i == 0 or noise is None:
-        return mean
-    return mean + sched.post_std[i] * noise
-
-
-def reverse_chain(eps_net: EpsilonNet, sched: Schedule, s: torch.Tensor, x_T: torch.Tensor,
-                  noise: torch.Tensor) -> torch.Tensor:
-    """Reference reverse process. s: [B, S], x_T: [B·N, A] (row r is a particle of state r // N),
-    noise: [T, B·N, A] (noise[i] is used by step i; noise[0] is unused) -> x_0 [B·N, A] in [-1, 1]."""
-    x = x_T
-    M = x.shape[0]
-    if s.shape[0] != M:
-        if M % s.shape[0]:
-            raise ValueError(f"{M} chain rows are not a multiple of {s.shape[0]} states")
-        s = s.repeat_interleave(M // s.shape[0], dim=0)
-    for i in reversed(range(sched.T)):
-        t = torch.full((M,), i, device=x.device, dtype=torch.long)
-        x = reverse_step(sched, i, x, eps_net(x, s, t), noise[i])
-    return x.clamp(-1.0, 1.0)
 
 
 class DiffusionPolicy(nn.Module):

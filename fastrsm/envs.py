@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 
 ENV_BACKENDS = ("auto", "envpool", "gymnasium")
-EVAL_SEED_OFFSET = 10_000  # evaluation envs get their own seeds, disjoint from the training envs'
 
 
 class EnvIdError(ValueError):
@@ -306,12 +305,6 @@ def make_vec_env(env_id: str, num_envs: int, seed: int, backend: str = "auto",
                 raise EnvIdError(f"cannot make {env_id!r} with gymnasium: {msg}") from e
             limit = max_episode_steps if max_episode_steps is not None else gymnasium.spec(env_id).max_episode_steps
         return VecEnv(env, env_id, backend, seed, limit)
-
-
-def make_eval_env(env_id: str, num_envs: int, seed: int, backend: str = "auto",
-                  max_episode_steps: int | None = None) -> VecEnv:
-    """Evaluation instances, separate from the training envs and seeded apart from them."""
-    return make_vec_env(env_id, num_envs, seed + EVAL_SEED_OFFSET, backend, max_episode_steps)
 
 
 def evaluate_episodes(env: VecEnv, policy_fn: Callable[[np.ndarray], np.ndarray], episodes: int) -> np.ndarray:

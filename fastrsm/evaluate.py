@@ -11,8 +11,13 @@ import sys
 import numpy as np
 import torch
 
-from .config import Config, ConfigError, field_names, make_config
-from .envs import EnvIdError, evaluate_episodes, make_vec_env
+from .agents import make_agent
+from .backend import make_ops, resolve_backend
+from .cli import OneLineParser, run_main
+from .config import Config, field_names, make_config
+from .envs import evaluate_episodes, make_vec_env
+from .runlog import load_checkpoint, read_config
+from .utils import UsageError, atomic_write_json, resolve_device, seed_everything
 
 
 def evaluate_agent(agent, cfg: Config, episodes: int, seed: int, device: torch.device) -> list[float]:
@@ -27,12 +32,10 @@ def evaluate_agent(agent, cfg: Config, episodes: int, seed: int, device: torch.d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .agents import make_agent
-    from .backend import make_ops, resolve_backend
-    from .runlog import read_config
-    from .train import OneLineParser, load_checkpoint
-    from .utils import UsageError, atomic_write_json, resolve_device, seed_everything
+    return run_main("fastrsm-eval", lambda: _main(argv))
 
+
+def _main(argv: list[str] | None) -> int:
     p = OneLineParser(prog="fastrsm-eval", description="Re-evaluate a saved checkpoint of a run.")
     p.add_argument("run_dir")
     p.add_argument("--checkpoint", default="best", help="best, latest, or a path to a .pt file")
@@ -42,30 +45,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.run_dir, "config.json")):
+        raise UsageError(f"{args.run_dir} is not a run directory (no config.json)")
     try:
-        if not os.path.isfile(os.path.join(args.run_dir, "config.json")):
-            raise UsageError(f"{args.run_dir} is not a run directory (no config.json)")
         saved = {k: v for k, v in read_config(args.run_dir)["config"].items() if k in field_names()}
-        over = {"device": args.device}
-        if args.particles is not None:
-            over["particles"] = args.particles
-        cfg = make_config("paper", {**saved, **over})
-        episodes = args.episodes if args.episodes is not None else cfg.eval_episodes
-        if episodes <= 0:
-            raise UsageError(f"--episodes must be positive, got {episodes}")
-        device = resolve_device(cfg.device)
-        path = args.checkpoint
-        if path in ("best", "latest"):
-            path = os.path.join(args.run_dir, "checkpoints", f"{path}.pt")
-        ckpt = load_checkpoint(path)
-    except (ConfigError, UsageError, EnvIdError, ValueError, OSError) as e:
-        print(f"fastrsm-eval: error: {e}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"{args.run_dir}: config.json is unreadable ({e})") from None
+    over = {"device": args.device}
+    if args.particles is not None:
+        over["particles"] = args.particles
+    cfg = make_config("paper", {**saved, **over})
+    episodes = args.episodes if args.episodes is not None else cfg.eval_episodes
+    if episodes <= 0:
+        raise UsageError(f"--episodes must be positive, got {episodes}")
+    device = resolve_device(cfg.device)
+    path = args.checkpoint
+    if path in ("best", "latest"):
+        path = os.path.join(args.run_dir, "checkpoints", f"{path}.pt")
+    ckpt = load_checkpoint(path)
     seed_everything(args.seed)
     env = make_vec_env(cfg.env_id, 1, 0, cfg.env_backend)
     obs_dim, act_dim = env.obs_dim, env.act_dim
     env.close()
-    agent = make_agent(cfg.algo, obs_dim, act_dim, cfg, device, make_ops(resolve_backend(cfg.backend, device), device))
+    backend = resolve_backend(cfg.backend, device)
+    agent = make_agent(cfg.algo, obs_dim, act_dim, cfg, device,
+                       make_ops(backend, device, cfg.chain_precision, cfg.chain_noise))
     agent.restore(ckpt["agent"], weights_only=True)
     returns = evaluate_agent(agent, cfg, episodes, args.seed, device)
     out = {"checkpoint": os.path.abspath(path), "episodes": episodes, "seed": args.seed, "particles": cfg.particles,

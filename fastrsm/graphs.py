@@ -6,11 +6,15 @@
   best-of-N path (the N-particle reverse chain, Q scoring, selection, exploration noise); `obs` is copied into
   a static input buffer before each replay.
 - `update(replay)`: replay sampling on the device (`ReplayBuffer.sample()` is sync-free and static-shape) and
-  the complete `Agent.update` — critic, policy, alpha, EMA and target updates — in one graph per *variant*.
-  Which parts an update runs is decided on the host by the counters `updates` / `policy_updates`
-  (policy_delay, alpha_every), so each combination is its own graph: critic only; critic + policy;
-  critic + policy + alpha. The wrapper picks the variant, replays it and advances the counters exactly as
-  `Agent.update` does.
+  the complete `Agent.update` — critic, policy, alpha, EMA and target updates — in one graph per distinct
+  `Parts`. Which parts an update runs is the agent's schedule alone (`Agent.next_parts()`, host side); this
+  module only asks it, replays the graph of those parts (capturing it on first use) and lets the agent count
+  the update (`Agent.advance`). An algorithm with another periodic step changes its schedule, not this file.
+
+One graph per update (rather than one per part, replayed in turn) keeps a single launch per update and lets the
+critic step's best-of-N draws flow into the policy step as ordinary tensors inside the graph, with no static
+hand-off buffers between graphs. Whether separate part-graphs would cost measurably more is still to be
+measured on a GPU (bench/RESULTS.md).
 
 Graphs are captured lazily on first use (or all at once with `capture()`), each after a few warm-up calls on
 a side stream (which also creates the optimisers' state). Warm-up changes parameters, optimiser state,
@@ -22,67 +26,30 @@ Captured graphs read and write the agent's tensors by address. Everything the up
 place (Adam(capturable=True) with a tensor lr, `_foreach_lerp_` targets, running statistics), and a
 checkpoint restore replaces the optimisers' state tensors: the wrapper notices that (and a different replay
 buffer) and re-captures. Outputs are static: the metrics dict of an update holds tensors that the next replay
-of the same variant overwrites, and `float()` on them is the caller's (interval) sync.
+of the same parts overwrites, and `float()` on them is the caller's (interval) sync.
 
 Off CUDA, or when disabled, the same API runs the eager agent: `update(replay)` is
 `agent.update(replay.sample())` and `act` is `agent.act`, so results are identical. `emulate=True` runs the
-capture bookkeeping (warm-up, snapshot/restore, frozen host counters and lr writes, static outputs) without a
+capture bookkeeping (warm-up, snapshot/restore, lr writes, static outputs) without a
 GPU, re-running the captured call eagerly at each "replay": the CPU tests use it to check that bookkeeping.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .agents.base import Agent
-from .config import Config
-from .replay import Batch, ReplayBuffer
+from .agents.base import Agent, Parts
+from .replay import ReplayBuffer
 
 Metrics = dict[str, torch.Tensor]
-Variant = tuple[bool, bool]  # (runs the policy step, runs the alpha step)
 
 
 def graphs_supported(device: torch.device | str) -> bool:
     """CUDA graphs need a CUDA device that is actually present."""
     return torch.device(device).type == "cuda" and torch.cuda.is_available()
-
-
-def next_variant(agent: Agent) -> Variant:
-    """The parts the next `Agent.update` runs, from its host counters (the branches of Agent.update)."""
-    cfg = agent.cfg
-    policy = (agent.updates + 1) % cfg.policy_delay == 0
-    return policy, policy and (agent.policy_updates + 1) % cfg.alpha_every == 0
-
-
-def reachable_variants(cfg: Config) -> list[Variant]:
-    """The variants a run with `cfg` can ever take (a delay or period of 1 rules out the cheaper ones)."""
-    out: list[Variant] = []
-    if cfg.policy_delay > 1:
-        out.append((False, False))
-    if cfg.alpha_every > 1:
-        out.append((True, False))
-    out.append((True, True))
-    return out
-
-
-def _counters_for(cfg: Config, variant: Variant) -> tuple[int, int]:
-    """Host counters from which Agent.update takes exactly `variant`'s branches."""
-    policy, alpha = variant
-    return (cfg.policy_delay - 1 if policy else 0), (cfg.alpha_every - 1 if alpha else 0)
-
-
-@contextlib.contextmanager
-def _counters(agent: Agent, updates: int, policy_updates: int) -> Iterator[None]:
-    saved = agent.updates, agent.policy_updates
-    agent.updates, agent.policy_updates = updates, policy_updates
-    try:
-        yield
-    finally:
-        agent.updates, agent.policy_updates = saved
 
 
 def _clone_tree(x: Any) -> Any:
@@ -103,7 +70,7 @@ class _Snapshot:
         self.optimizers = {name: ({p: _clone_tree(st) for p, st in o.state.items()},
                                   [_clone_tree(g["lr"]) for g in o.param_groups])
                            for name, o in agent.optimizers().items()}
-        self.counters = agent.updates, agent.policy_updates
+        self.counters = agent.updates, agent.policy_updates  # warm-up runs update_step only; kept for safety
         self.cuda_device = agent.device if agent.device.type == "cuda" else None
         self.rng_cpu = torch.get_rng_state()
         self.rng_cuda = torch.cuda.get_rng_state(self.cuda_device) if self.cuda_device is not None else None
@@ -157,7 +124,7 @@ class _Captured:
     def replay(self) -> None:
         if self.graph is not None:
             self.graph.replay()
-        else:  # emulation: the same call, same frozen host context, results copied into the static outputs
+        else:  # emulation: the same call, results copied into the static outputs
             _copy_into(self.outputs, self.rerun())
 
 
@@ -179,7 +146,7 @@ class GraphedAgent:
         else:
             self.mode = "eager"
         self._pool = torch.cuda.graph_pool_handle() if self.mode == "cuda" else None
-        self._updates: dict[Variant, _Captured] = {}
+        self._updates: dict[Parts, _Captured] = {}
         self._acts: dict[bool, tuple[torch.Tensor, _Captured]] = {}
         self._binding: tuple[Any, ...] | None = None
         self.captures = 0  # graphs captured so far (re-captures included)
@@ -197,12 +164,6 @@ class GraphedAgent:
     def graphed(self) -> bool:
         return self.mode != "eager"
 
-    def reset(self) -> None:
-        """Drop every captured graph (they are re-captured on next use)."""
-        self._updates.clear()
-        self._acts.clear()
-        self._binding = None
-
     # ------------------------------------------------------------------------------------------ acting
     def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
         """The agent's action for `obs` [num_envs, obs_dim]; other batch sizes run eagerly."""
@@ -214,34 +175,32 @@ class GraphedAgent:
         return captured.outputs.clone()  # the static output is overwritten by the next replay
 
     # ------------------------------------------------------------------------------------------ updates
-    def update(self, source: ReplayBuffer | Batch) -> Metrics:
-        """One update as `agent.update(replay.sample())`. Given a Batch (e.g. a doctored one), it runs eagerly.
+    def update(self, replay: ReplayBuffer) -> Metrics:
+        """One update as `agent.update(replay.sample())`: the parts the agent's schedule names, replayed.
 
-        Graphed, the returned tensors are static: the next replay of the same variant overwrites them."""
+        Graphed, the returned tensors are static: the next replay of the same parts overwrites them."""
         agent = self.agent
-        if self.mode == "eager" or isinstance(source, Batch):
-            return agent.update(source if isinstance(source, Batch) else source.sample())
-        self._bind(source)
-        variant = next_variant(agent)
-        captured = self._updates.get(variant)
+        if self.mode == "eager":
+            return agent.update(replay.sample())
+        self._bind(replay)
+        parts = agent.next_parts()
+        captured = self._updates.get(parts)
         if captured is None:
-            captured = self._updates[variant] = self._capture_update(source, variant)
-        agent.schedule(agent.updates + 1)  # host-side lr schedule, written in place before the replay
+            captured = self._updates[parts] = self._capture_update(replay, parts)
+        agent.schedule()  # host-side lr schedule, written in place before the replay
         captured.replay()
-        agent.updates += 1
-        if variant[0]:
-            agent.policy_updates += 1
+        agent.advance(parts)
         return dict(captured.outputs)
 
     def capture(self, replay: ReplayBuffer, obs: torch.Tensor | None = None) -> None:
-        """Capture now every update variant `agent.cfg` can reach (and act(explore=True) for `obs`), so no
+        """Capture now every `Parts` the agent's schedule can reach (and act(explore=True) for `obs`), so no
         capture happens later inside a timed or latency-sensitive stretch. A no-op when eager."""
         if self.mode == "eager":
             return
         self._bind(replay)
-        for variant in reachable_variants(self.agent.cfg):
-            if variant not in self._updates:
-                self._updates[variant] = self._capture_update(replay, variant)
+        for parts in self.agent.reachable_parts():
+            if parts not in self._updates:
+                self._updates[parts] = self._capture_update(replay, parts)
         if obs is not None and True not in self._acts:
             if tuple(obs.shape) != (self.num_envs, self.agent.obs_dim):
                 raise ValueError(f"obs must be [{self.num_envs}, {self.agent.obs_dim}], got {tuple(obs.shape)}")
@@ -263,48 +222,34 @@ class GraphedAgent:
     def _capture_act(self, obs: torch.Tensor, explore: bool) -> tuple[torch.Tensor, _Captured]:
         static_obs = torch.empty(self.num_envs, self.agent.obs_dim, device=self.agent.device)
         static_obs.copy_(obs)  # warm up on real states
-        captured = self._capture(lambda: self.agent.act(static_obs, explore), contextlib.nullcontext,
-                                 f"act(explore={explore})")
+        captured = self._capture(lambda: self.agent.act(static_obs, explore), f"act(explore={explore})")
         self._acts[explore] = (static_obs, captured)
         return static_obs, captured
 
-    def _capture_update(self, replay: ReplayBuffer, variant: Variant) -> _Captured:
+    def _capture_update(self, replay: ReplayBuffer, parts: Parts) -> _Captured:
         if len(replay) == 0:
             raise RuntimeError("cannot capture an update on an empty replay buffer: add transitions first")
-        counters = _counters_for(self.agent.cfg, variant)
-        return self._capture(lambda: self.agent.update_step(replay.sample()),
-                             lambda: _counters(self.agent, *counters), f"update{variant}")
+        return self._capture(lambda: self.agent.update_step(replay.sample(), parts), f"update{parts}")
 
-    def _capture(self, fn: Callable[[], Any], host: Callable[[], contextlib.AbstractContextManager],
-                 what: str) -> _Captured:
-        """Warm up `fn`, capture it, and leave the agent (and the RNG) exactly as found. `host` is the host-side
-        context (counters) the call is captured under; a graph keeps it frozen."""
+    def _capture(self, fn: Callable[[], Any], what: str) -> _Captured:
+        """Warm up `fn`, capture it, and leave the agent (and the RNG) exactly as found."""
         snapshot = _Snapshot(self.agent)
         self.captures += 1
         try:
             if self.mode == "emulate":
                 for _ in range(self.warmup_iters):
-                    with host():
-                        fn()
-                with host():
-                    outputs = fn()
-
-                def rerun() -> Any:
-                    with host():
-                        return fn()
-
-                return _Captured(outputs, rerun=rerun)
+                    fn()
+                return _Captured(fn(), rerun=fn)
             device = self.agent.device
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
                 for _ in range(self.warmup_iters):
-                    with host():
-                        fn()
+                    fn()
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             try:
-                with host(), torch.cuda.graph(graph, pool=self._pool):
+                with torch.cuda.graph(graph, pool=self._pool):
                     outputs = fn()
             except Exception as e:
                 raise RuntimeError(f"CUDA-graph capture of {what} failed ({type(e).__name__}: {e}); run with "

@@ -2,6 +2,8 @@
 must compute the same numbers.
 
 Conventions: ‖·‖² sums over action dimensions; losses average over the batch of states.
+`weighted_sm_loss`, the core of SDAC and DPMD-softmax, is defined beside its fused kernel
+(kernels/reference.py) and re-exported here.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 import torch
 
 from .diffusion import Schedule, q_sample
+from .kernels.reference import weighted_sm_loss
 from .nets import EpsilonNet
 
 # ---------------------------------------------------------------- diffusion (score-matching) losses
@@ -23,27 +26,6 @@ def dsm_loss(eps_net: EpsilonNet, sched: Schedule, s: torch.Tensor, a0: torch.Te
     t = torch.randint(0, sched.T, (B,), device=a0.device) if t is None else t
     eps = torch.randn_like(a0) if eps is None else eps
     return ((eps_net(q_sample(sched, a0, t, eps), s, t) - eps) ** 2).sum(-1).mean()
-
-
-class RunningMeanStd:
-    """EMA of the batch mean and std of Q (rate 0.001), as device tensors so an update can be graphed."""
-
-    def __init__(self, rate: float = 0.001, device: torch.device | str = "cpu"):
-        self.rate = rate
-        self.mean = torch.zeros((), device=device)
-        self.std = torch.ones((), device=device)
-
-    @torch.no_grad()
-    def update(self, q: torch.Tensor) -> None:
-        self.mean.lerp_(q.mean(), self.rate)
-        self.std.lerp_(q.std(), self.rate)
-
-    def state_dict(self) -> dict:
-        return {"mean": self.mean.clone(), "std": self.std.clone()}
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.mean.copy_(sd["mean"])
-        self.std.copy_(sd["std"])
 
 
 def normalize_q(q: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, public_code: bool = False) -> torch.Tensor:
@@ -63,25 +45,6 @@ def dpmd_weights(q: torch.Tensor, lambda_: torch.Tensor | float, mean: torch.Ten
 def dpmd_loss(eps_pred: torch.Tensor, eps: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """L_DPMD = mean_b w_b ‖ε_θ(a_t, s, t) − ε‖²; eps_pred, eps: [B, A], w: [B]."""
     return (w * ((eps_pred - eps) ** 2).sum(-1)).mean()
-
-
-def weighted_sm_loss(eps_pred: torch.Tensor, eps_targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """mean_b Σ_k softmax_k(logits)_bk ‖ε_pred − ε^k‖² — the shared core of SDAC and DPMD-softmax.
-
-    eps_pred: [B, A] (one prediction regressed onto K targets: SDAC) or [B, K, A] (one per particle:
-    DPMD-softmax); eps_targets: [B, K, A]; logits: [B, K], given no gradient. The softmax is logsumexp-stable.
-    This is the reference of kernels/sm_loss.py."""
-    if eps_pred.dim() == 2:
-        eps_pred = eps_pred.unsqueeze(1)
-    w = torch.softmax(logits.detach().float(), dim=-1)
-    return (w * ((eps_pred - eps_targets) ** 2).sum(-1)).sum(-1).mean()
-
-
-def dpmd_softmax_loss(eps_pred: torch.Tensor, eps: torch.Tensor, q: torch.Tensor,
-                      lambda_: torch.Tensor | float) -> torch.Tensor:
-    """DPMD with self-normalised weights over K particles per state: w = K·softmax_k(q/λ),
-    L = mean_{b,k} w_bk ‖ε_θ − ε‖² (= mean_b Σ_k softmax ‖·‖²). eps_pred, eps: [B, K, A]; q: [B, K]."""
-    return weighted_sm_loss(eps_pred, eps, q / lambda_)
 
 
 def sdac_reverse_samples(sched: Schedule, a_t: torch.Tensor, t: torch.Tensor, K: int,

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .cli import OneLineParser
+from .utils import atomic_write_bytes
 
 PROG = "fastrsm-plot"
 TABLE_FORMATS = ("text", "markdown", "csv")
@@ -381,26 +384,19 @@ def save_plot(runs: Sequence[Run], out: str | os.PathLike[str]) -> Path:
     for ax in list(axes.flat)[len(envs) :]:
         ax.set_visible(False)
 
-    # Atomic: a reader (or a crash) never sees a half-written PNG; the temp file is on the same filesystem.
+    # Atomic (utils.atomic_write_bytes): a reader, or a crash, never sees a half-written PNG.
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        atomic_write_bytes(str(out), buf.getvalue())
     except OSError as e:
         raise PlotError(f"--out {out}: cannot write ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.replace(tmp, out)
-    except OSError as e:
-        raise PlotError(f"--out {out}: cannot write ({e.strerror or e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog=PROG,
         description="Plot evaluation return vs env steps (mean ± std over seeds) and print the paper-style "
         "table: per seed the best evaluation average, then mean ± std (ddof=0) over seeds.",

@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
-from .utils import atomic_torch_save, atomic_write_json, atomic_write_text
+from .utils import UsageError, atomic_torch_save, atomic_write_json, atomic_write_text
 
-TRAIN_COLUMNS = ["step", "updates", "alpha", "loss_q", "q_mean", "loss_pi", "loss_alpha", "episode_return",
-                 "steps_per_s", "wall_time"]
+# train.csv starts with these columns; every other metric an agent returns follows, in order of first appearance
+# (a new metric needs no change here: it appears in train.csv and TensorBoard as soon as an agent logs it).
+TRAIN_FIRST_COLUMNS = ["step", "updates", "alpha", "loss_q", "q_mean", "loss_pi", "loss_alpha", "episode_return",
+                       "steps_per_s", "wall_time"]
 EVAL_COLUMNS = ["step", "return_mean", "return_std", "episodes"]
 
 
@@ -43,9 +45,16 @@ def device_description(device: torch.device) -> str:
     return f"cpu:{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+def train_columns(rows: list[dict]) -> list[str]:
+    cols = list(TRAIN_FIRST_COLUMNS)
+    for r in rows:
+        cols.extend(k for k in r if k not in cols)
+    return cols
+
+
 def _csv_text(columns: list[str], rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: _fmt(r.get(k, "")) for k in columns})
@@ -89,7 +98,7 @@ class RunLog:
     # ---- logs
     def log_train(self, row: dict) -> None:
         self.train_rows.append(row)
-        atomic_write_text(os.path.join(self.path, "train.csv"), _csv_text(TRAIN_COLUMNS, self.train_rows))
+        self.write_train_csv()
         tb = self.tensorboard()
         if tb is not None:
             for k, v in row.items():
@@ -107,6 +116,10 @@ class RunLog:
             tb.add_scalar("eval/return_mean", row["return_mean"], step)
             tb.flush()
         return row
+
+    def write_train_csv(self) -> None:
+        text = _csv_text(train_columns(self.train_rows), self.train_rows)
+        atomic_write_text(os.path.join(self.path, "train.csv"), text)
 
     def write_eval_csv(self) -> None:
         atomic_write_text(os.path.join(self.path, "eval.csv"), _csv_text(EVAL_COLUMNS, self.eval_rows))
@@ -141,13 +154,27 @@ class RunLog:
 
     def restore_rows(self, rows: dict) -> None:
         self.train_rows, self.eval_rows = list(rows["train"]), list(rows["eval"])
-        atomic_write_text(os.path.join(self.path, "train.csv"), _csv_text(TRAIN_COLUMNS, self.train_rows))
+        self.write_train_csv()
         self.write_eval_csv()
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint written by `RunLog.save_checkpoint`, on the CPU (restoring copies into the agent's
+    and the replay's device tensors); a missing or unreadable file is a UsageError with one line."""
+    if not os.path.exists(path):
+        raise UsageError(f"no checkpoint at {path}: nothing to resume")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ckpt, dict) or "agent" not in ckpt:
+            raise ValueError("not a fastrsm checkpoint")
+        return ckpt
+    except Exception as e:  # corrupt or foreign file: a one-line message, not a traceback
+        raise UsageError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {e})") from None
 
 
 def read_config(run_dir: str) -> dict:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .cli import OneLineParser
 from .diffusion import DiffusionPolicy, q_sample
 from .losses import dpmd_loss, dsm_loss, sdac_loss, sdac_reverse_samples
 
@@ -406,12 +407,6 @@ def _picture_formats() -> set[str]:
     return set(Figure().canvas.get_supported_filetypes())
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block; exit 2 as argparse does
-        sys.stderr.write(f"fastrsm.toy: error: {message}\n")
-        sys.exit(2)
-
-
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -423,7 +418,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m fastrsm.toy", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="fastrsm.toy", description=__doc__.split("\n")[0])
     p.add_argument("--energy", choices=ENERGIES, default="gmm")
     p.add_argument("--loss", choices=(*LOSSES, "all"), default="all")
     p.add_argument("--out", default="toy.png", help="picture (PNG) of the energy and the samples")

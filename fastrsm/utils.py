@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
 import random
+import shutil
 import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 
+DEVICES = ("auto", "cpu", "cuda")
+
 
 class UsageError(ValueError):
     """Bad user input: printed as one line, exit code 2."""
+
+
+class DiskFullError(OSError):
+    """No space left while writing `path` (the previous version of the file is intact)."""
+
+    def __init__(self, path: str, needed: int, free: int | None):
+        self.path, self.needed, self.free = path, needed, free
+        left = "unknown" if free is None else f"{free} bytes"
+        super().__init__(errno.ENOSPC, f"no space left on device writing {path} ({needed} bytes needed, {left} "
+                                       "free)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,8 +37,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but CUDA is not available on this machine (use --device cpu)")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    if name not in DEVICES:
+        raise UsageError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
     return torch.device(name)
 
 
@@ -53,17 +67,37 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then rename: readers see the old or the new file,
     never half of one, whatever moment a crash comes."""
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    except OSError as e:
+        _raise_if_disk_full(e, path, len(data))
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            _write_all(f, data, path)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            _raise_if_disk_full(e, path, len(data))
         raise
+
+
+def _write_all(f: Any, data: bytes, path: str) -> None:
+    """The one place file bytes are written (tests replace it to simulate a full disk while writing `path`)."""
+    f.write(data)
+
+
+def _raise_if_disk_full(e: OSError, path: str, needed: int) -> None:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(e, DiskFullError):
+        try:
+            free: int | None = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        except OSError:
+            free = None
+        raise DiskFullError(path, needed, free) from e
 
 
 def atomic_write_text(path: str, text: str) -> None:

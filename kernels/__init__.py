@@ -1,12 +1,23 @@
 """Fused Triton kernels of SPEC §9, importable as ``fastrsm.kernels``.
 
-Each module holds the @triton.jit kernel, its launcher and a ``reference`` PyTorch function that defines
-what it computes. Importing this package imports triton: the library itself only does so lazily, through
-``fastrsm.backend``, so it keeps working where triton is absent.
+Each kernel module holds the @triton.jit kernel, its launcher and a ``reference`` (from ``reference.py``, plain
+PyTorch) that defines what it computes. Nothing here imports the library above it. The kernels are loaded
+lazily: ``fastrsm.kernels.reference`` and ``fastrsm.kernels._utils`` import without triton, so the library
+keeps working where triton is absent.
 """
 
-from .best_of_n import fused_best_of_n
-from .chain import chain_noise, fused_chain
-from .sm_loss import FusedWeightedSMLoss, fused_weighted_sm_loss
+from __future__ import annotations
 
-__all__ = ["fused_chain", "chain_noise", "fused_weighted_sm_loss", "FusedWeightedSMLoss", "fused_best_of_n"]
+import importlib
+from typing import Any
+
+_LAZY = {"fused_best_of_n": "best_of_n", "fused_chain": "chain", "chain_noise": "chain",
+         "fused_weighted_sm_loss": "sm_loss", "FusedWeightedSMLoss": "sm_loss"}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

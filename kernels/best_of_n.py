@@ -3,7 +3,7 @@ action, the optional exploration noise and the clip, in one launch (one program 
 
 Ties go to the lowest index. NaN: a NaN Q counts as larger than every number (as in torch.argmax), so a row
 with NaNs selects its first NaN; a row of -inf selects index 0. `reference` is the PyTorch definition,
-`fastrsm.backend.best_of_n_reference` (kept in the library so the torch backend needs no triton).
+`reference.best_of_n` (plain PyTorch, importable without triton).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastrsm.backend import best_of_n_reference, check_triton_device
-
-reference = best_of_n_reference
+from ._utils import check_triton_device
+from .reference import best_of_n as reference  # noqa: F401  (the definition this kernel is held to)
 
 
 @triton.jit

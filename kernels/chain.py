@@ -10,22 +10,22 @@ Hidden activations go through a small per-program scratch buffer in global memor
 [BLOCK_M, H] register tile cannot be sliced along H for the next layer's K-loop, and a full H×H weight tile
 does not fit in registers. Two buffers ping-pong between layers, separated by barriers.
 
-`reference` is `fastrsm.diffusion.reverse_chain`: the definition this kernel is held to.
+`reference` is `reference.reverse_chain` (re-exported as `fastrsm.diffusion.reverse_chain`): the definition
+this kernel is held to. `eps_net` is duck-typed: any module with `first_layer_parts()`, `time_features(t)`,
+`hidden_linears()`, `body`, `act_dim` and `hidden`, as `fastrsm.nets.EpsilonNet` has.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from fastrsm.backend import check_triton_device
-from fastrsm.diffusion import Schedule, reverse_chain
-from fastrsm.nets import EpsilonNet
-
-reference = reverse_chain
+from ._utils import check_triton_device
+from .reference import reverse_chain as reference  # noqa: F401  (the definition this kernel is held to)
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 # What tl.dot gets: exact fp32 products, tf32 tensor cores, or bf16 operands; always fp32 accumulation.
@@ -158,7 +158,7 @@ def _launch_config(M: int, precision: str, device: torch.device) -> tuple[int, i
     return block_m, 4, 1 if precision == "fp32" else 2
 
 
-def _pack_weights(eps_net: EpsilonNet, A_PAD: int, wdtype: torch.dtype, device: torch.device):
+def _pack_weights(eps_net: torch.nn.Module, A_PAD: int, wdtype: torch.dtype, device: torch.device):
     """Transposed, padded copies of the network's weights in the layouts the kernel reads.
 
     Done on every call on purpose: the weights change between calls (optimiser, EMA), and a cache keyed on
@@ -189,7 +189,7 @@ def _pack_weights(eps_net: EpsilonNet, A_PAD: int, wdtype: torch.dtype, device: 
     return wa, wh, bh, wo, bo, len(hidden)
 
 
-def fused_chain(eps_net: EpsilonNet, sched: Schedule, s: torch.Tensor, x_T: torch.Tensor | None,
+def fused_chain(eps_net: torch.nn.Module, sched: Any, s: torch.Tensor, x_T: torch.Tensor | None,
                 noise: torch.Tensor | None = None, seed: int | torch.Tensor | None = None,
                 precision: str = "fp32", particles: int | None = None, block_m: int | None = None,
                 block_h: int | None = None, num_warps: int | None = None, num_stages: int | None = None

@@ -9,7 +9,7 @@ The gradient w.r.t. ε_pred is computed in the same launch and saved; backward o
   per-k ε_pred [B, K, A] (DPMD-sm):  2 w_k (ε_pred,k − ε^k) / B   (a second sweep over K, once w is known)
 Logits and targets are constants (no gradient), as in the losses that use it.
 
-`reference` is `fastrsm.losses.weighted_sm_loss`.
+`reference` is `reference.weighted_sm_loss` (re-exported as `fastrsm.losses.weighted_sm_loss`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastrsm.backend import check_triton_device
-from fastrsm.losses import weighted_sm_loss
-
-reference = weighted_sm_loss
+from ._utils import check_triton_device
+from .reference import weighted_sm_loss as reference  # noqa: F401  (the definition this kernel is held to)
 
 
 @triton.jit

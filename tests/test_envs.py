@@ -19,7 +19,6 @@ from fastrsm.envs import (
     VecEnv,
     check_env_id,
     evaluate_episodes,
-    make_eval_env,
     make_vec_env,
     resolve_backend,
 )
@@ -246,7 +245,7 @@ def test_no_construction_warnings_and_misuse_errors():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_evaluate_episodes(backend):
     # 5 episodes over 2 sub-envs (quotas 3 and 2), episodes truncated at 6 steps.
-    with make_eval_env(PENDULUM, 2, seed=0, backend=backend, max_episode_steps=6) as env:
+    with make_vec_env(PENDULUM, 2, seed=0, backend=backend, max_episode_steps=6) as env:
         returns = evaluate_episodes(env, lambda obs: np.zeros((len(obs), 1)), episodes=5)
         np.testing.assert_array_equal(returns, np.full(5, 6.0))
         # Terminating episodes (3 steps each), more sub-envs than episodes.
@@ -255,5 +254,11 @@ def test_evaluate_episodes(backend):
 
 
 def test_eval_env_is_seeded_apart():
-    with make_vec_env(PENDULUM, 1, seed=0) as train, make_eval_env(PENDULUM, 1, seed=0) as ev:
+    from fastrsm.config import make_config
+    from fastrsm.train import env_seed, eval_seed
+
+    cfg = make_config("smoke", {"env_id": PENDULUM})
+    assert env_seed(cfg, 0) != eval_seed(cfg, 0)
+    with make_vec_env(PENDULUM, 1, seed=env_seed(cfg, 0)) as train, \
+            make_vec_env(PENDULUM, 1, seed=eval_seed(cfg, 0)) as ev:
         assert not np.allclose(train.reset(), ev.reset())

@@ -1,7 +1,7 @@
 """fastrsm.graphs (CUDA-graph capture of act and update) and the `fastrsm-bench` entry point.
 
 On CPU: the wrapper's eager path is plain `agent.update` / `agent.act`, bit for bit; the capture bookkeeping
-(warm-up with snapshot/restore, one graph per host-decided variant, frozen counters and lr writes, static
+(warm-up with snapshot/restore, one graph per distinct Parts the agent's schedule names, lr writes, static
 outputs, re-capture after a checkpoint restore) is checked in emulation mode, which re-runs each captured call
 eagerly at "replay" and must then match the eager agent bit for bit too. `-m gpu`: real CUDA graphs against
 the eager agent, with the torch and triton backends."""
@@ -19,18 +19,19 @@ from fastrsm.agents import make_agent
 from fastrsm.backend import BackendError, make_ops, resolve_backend
 from fastrsm.bench import main as bench_main
 from fastrsm.config import make_config
-from fastrsm.graphs import GraphedAgent, make_fast_agent, next_variant, reachable_variants
+from fastrsm.graphs import GraphedAgent, make_fast_agent
 from fastrsm.replay import ReplayBuffer
 from fastrsm.utils import seed_everything
 
 ALGOS = ["dpmd", "sdac", "sac"]
+ALL_PARTS = [("critic",), ("critic", "policy"), ("critic", "policy", "alpha")]
 S, A, E = 5, 2, 3  # obs dim, action dim, envs
 
 
 
 
 def tiny_cfg(algo: str, device: str, hidden: int = 16, **kw):
-    # alpha_every=2 and policy_delay=2: updates 1..4 take every variant (critic; +policy; critic; +policy+alpha).
+    # alpha_every=2 and policy_delay=2: updates 1..4 take every Parts value (critic; +policy; critic; +policy+alpha).
     # The lr decays over the first updates, so a wrong schedule under capture would show.
     settings = dict(algo=algo, device=device, batch_size=16, hidden=hidden, particles=4, diffusion_steps=3,
                     reverse_samples=4, alpha_every=2, lr_decay_start=0, lr_decay_end=6)
@@ -80,16 +81,40 @@ def run_updates(update, n: int, seed: int = 1) -> list[dict[str, float]]:
 # --------------------------------------------------------------------------------------------- CPU
 
 
-def test_variants_follow_the_host_counters():
+def test_parts_follow_the_host_counters():
+    """The one schedule (Agent.next_parts): the parts each update runs, from the agent's counters."""
     cfg = tiny_cfg("dpmd", "cpu")
     agent = build("dpmd", cfg, "cpu")
     seen = []
     for u in range(8):
         agent.updates, agent.policy_updates = u, u // 2
-        seen.append(next_variant(agent))
-    assert seen == [(False, False), (True, False), (False, False), (True, True)] * 2
-    assert reachable_variants(cfg) == [(False, False), (True, False), (True, True)]
-    assert reachable_variants(tiny_cfg("dpmd", "cpu", policy_delay=1, alpha_every=1)) == [(True, True)]
+        seen.append(agent.next_parts())
+    c, cp, cpa = ("critic",), ("critic", "policy"), ("critic", "policy", "alpha")
+    assert seen == [c, cp, c, cpa] * 2
+    assert agent.reachable_parts() == [c, cp, cpa]
+    assert build("dpmd", tiny_cfg("dpmd", "cpu", policy_delay=1, alpha_every=1), "cpu").reachable_parts() == [cpa]
+
+
+def test_graphs_ask_the_agent_for_its_schedule():
+    """A new periodic part needs no change in graphs.py: the wrapper replays whatever parts the agent names."""
+    cfg = tiny_cfg("sac", "cpu")
+    rb = filled_replay("cpu")
+    agent = build("sac", cfg, "cpu")
+    seen: list = []
+
+    def parts_for(updates, policy_updates):  # an invented schedule: the policy every third update only
+        return ("critic", "policy") if updates % 3 == 2 else ("critic",)
+
+    agent.parts_for = parts_for
+    original = agent.update_step
+    agent.update_step = lambda batch, parts: (seen.append(parts), original(batch, parts))[1]
+    fast = GraphedAgent(agent, E, emulate=True)
+    for _ in range(6):
+        fast.update(rb)
+    replayed = [p for p in seen[-6:]]
+    assert agent.updates == 6 and agent.policy_updates == 2
+    assert sorted(fast._updates) == [("critic",), ("critic", "policy")]
+    assert ("critic", "policy") in replayed
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -109,7 +134,7 @@ def test_eager_wrapper_is_agent_update(algo):
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_emulated_capture_matches_eager(algo):
-    """Warm-up + restore, one graph per variant with frozen counters, lr written before each replay, static
+    """Warm-up + restore, one graph per Parts value, lr written before each replay, static
     outputs: the emulated graphs must reproduce the eager run exactly, with no re-capture along the way."""
     cfg = tiny_cfg(algo, "cpu")
     rb = filled_replay("cpu")
@@ -120,10 +145,10 @@ def test_emulated_capture_matches_eager(algo):
     assert [sorted(m) for m in m_plain] == [sorted(m) for m in m_fast]
     assert m_plain == m_fast
     assert_same_state(plain, graphed)
-    assert sorted(fast._updates) == [(False, False), (True, False), (True, True)]
+    assert sorted(fast._updates) == sorted(ALL_PARTS)
     assert fast.captures == 3
-    # Static outputs: a variant's metrics are the same tensors every time, refreshed in place.
-    m = [fast.update(rb) for _ in range(4)]  # variants (T, F), (F, F), (T, T), (F, F)
+    # Static outputs: one Parts value's metrics are the same tensors every time, refreshed in place.
+    m = [fast.update(rb) for _ in range(4)]  # parts: +policy, critic, +policy+alpha, critic
     assert m[1]["loss_q"] is m[3]["loss_q"] and m[0]["loss_q"] is not m[1]["loss_q"]
 
 
@@ -166,15 +191,6 @@ def test_restore_triggers_recapture():
     assert fast.captures == before + 3
     assert m_plain == m_fast
     assert_same_state(plain, graphed)
-
-
-def test_doctored_batch_runs_eagerly():
-    cfg = tiny_cfg("sdac", "cpu")
-    rb = filled_replay("cpu")
-    fast = GraphedAgent(build("sdac", cfg, "cpu"), E, emulate=True)
-    batch = rb.sample()
-    m = fast.update(batch._replace(reward=torch.full_like(batch.reward, float("nan"))))
-    assert not torch.isfinite(m["loss_q"]) and fast.captures == 0 and fast.updates == 1
 
 
 def test_bench_cpu_smoke(tmp_path, capsys):
@@ -233,7 +249,7 @@ def test_graphed_update_matches_eager_gpu(algo, backend):
     assert fast.mode == "cuda"
     m_plain = run_updates(lambda: plain.update(rb.sample()), 9)
     m_fast = run_updates(lambda: fast.update(rb), 9)
-    assert sorted(fast._updates) == [(False, False), (True, False), (True, True)] and fast.captures == 3
+    assert sorted(fast._updates) == sorted(ALL_PARTS) and fast.captures == 3
     assert_same_state(plain, graphed, atol=1e-6, rtol=1e-5)
     for mp, mf in zip(m_plain, m_fast):
         assert mp.keys() == mf.keys()

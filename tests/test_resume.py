@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -51,10 +52,29 @@ def test_same_seed_same_result_other_seed_differs(tmp_path):
     assert not _same_params(runs[0], runs[2])
 
 
-def test_nan_in_loss_stops_run_keeping_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+class NaNRewardsAfter:
+    """A replay buffer whose batches carry NaN rewards after `after` samples (a fault injected by the test)."""
+
+    def __init__(self, rb, after: int):
+        self.rb, self.after, self.samples = rb, after, 0
+
+    def sample(self):
+        self.samples += 1
+        b = self.rb.sample()
+        return b._replace(reward=torch.full_like(b.reward, math.nan)) if self.samples > self.after else b
+
+    def __len__(self) -> int:
+        return len(self.rb)
+
+    def __getattr__(self, name):
+        return getattr(self.rb, name)
+
+
+def test_nan_in_loss_stops_run_keeping_last_good_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
-    monkeypatch.setenv("FASTRSM_FAULT_NAN_AT", "200")  # a NaN reward reaches the critic loss at env step 200
-    code = main([*TINY, "--algo", "dpmd", "--total-steps", "600", "--run-dir", str(run)])
+    # Updates start near env step 100; 100 samples later (~ step 200) a NaN reward reaches the critic loss.
+    code = main([*TINY, "--algo", "dpmd", "--total-steps", "600", "--run-dir", str(run)],
+                wrap_replay=lambda rb: NaNRewardsAfter(rb, 100))
     err = capsys.readouterr().err
     assert code == 3
     assert "non-finite" in err and "env step" in err and "loss_q" in err

@@ -36,6 +36,12 @@ def _run(args: list[str], capsys) -> tuple[int, str]:
     (["--set", "particels=3"], "did you mean particles"),
     (["--set", "noequals"], "KEY=VALUE"),
     (["--bogus-flag", "1"], "unrecognized arguments"),
+    (["--env", "CartPole-v1"], "only continuous 1-D Box action spaces"),
+    (["--env", "Humanoid-v4", "--buffer-size", "1e11"], "the replay buffer needs"),
+    (["--run-dir", "/dev/null/x"], "/dev/null is not a directory"),
+    (["--run-dir", "/proc/x"], "cannot be created under /proc"),
+    (["--chain-noise", "kernel", "--backend", "torch"], "need the triton backend"),
+    (["--chain-precision", "fp64"], "unknown chain-precision 'fp64'"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, needle):
     run_dir = tmp_path / "run"
@@ -114,3 +120,49 @@ def test_tiny_run_leaves_complete_run_dir(tmp_path, capsys, algo):
     re = json.loads((run / "reeval.json").read_text())
     assert re["episodes"] == 2 and len(re["returns"]) == 2
     assert eval_main([str(tmp_path / "none")]) == 2
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_resumable(tmp_path, capsys, monkeypatch):
+    """ENOSPC while `latest.pt` is written: exit code 4, one line naming the file, the bytes and the --resume
+    command; the previous checkpoint survives and --resume finishes the run without a duplicated row."""
+    import errno
+
+    from fastrsm import utils
+
+    run = tmp_path / "run"
+    original, seen = utils._write_all, []
+
+    def full_disk(f, data, path):
+        if path.endswith("latest.pt"):
+            seen.append(path)
+            if len(seen) == 2:  # the first checkpoint is written, the second finds the disk full
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return original(f, data, path)
+
+    monkeypatch.setattr(utils, "_write_all", full_disk)
+    code = main([*TINY, "--run-dir", str(run)])
+    err = capsys.readouterr().err
+    assert code == 4
+    msg = [ln for ln in err.splitlines() if "no space left" in ln]
+    assert len(msg) == 1 and "latest.pt" in msg[0] and "bytes needed" in msg[0] and "--resume" in msg[0]
+    assert "Traceback" not in err
+    assert json.loads((run / "summary.json").read_text())["status"] == "disk_full"
+    ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=False)
+    assert ckpt["loop"]["env_steps"] == 150  # the checkpoint before the failed one, intact
+    monkeypatch.setattr(utils, "_write_all", original)
+    assert main(["--resume", str(run), "--quiet"]) == 0
+    rows = (run / "eval.csv").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [150, 300]
+
+
+def test_slow_cpu_run_gets_one_line_of_advice_and_keeps_running(tmp_path, capsys, monkeypatch):
+    from fastrsm import train as train_mod
+
+    monkeypatch.setattr(train_mod, "PACE_UPDATES", (10, 60))
+    monkeypatch.setattr(train_mod, "SLOW_RUN_SECONDS", 0.0)  # every run counts as slow
+    assert main([*TINY, "--run-dir", str(tmp_path / "run")]) == 0
+    advice = [ln for ln in capsys.readouterr().err.splitlines() if "env steps/s on this CPU" in ln]
+    assert len(advice) == 1 and "--preset smoke" in advice[0] and "to finish" in advice[0]
+    monkeypatch.setattr(train_mod, "SLOW_RUN_SECONDS", 1e12)  # a run that finishes soon: no advice
+    assert main([*TINY, "--run-dir", str(tmp_path / "run2")]) == 0
+    assert "env steps/s on this CPU" not in capsys.readouterr().err

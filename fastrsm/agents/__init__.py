@@ -1,20 +1,22 @@
-"""One small file per algorithm; `make_agent` picks one by name."""
+"""One small file per algorithm; `make_agent` picks one by name. `AGENTS` is the one list of algorithms."""
 
 from __future__ import annotations
 
 import torch
 
+from ..backend import Ops
 from ..config import Config
-from .base import Agent
+from .base import Agent, Parts
 from .dpmd import DPMD
 from .sac import SAC
 from .sdac import SDAC
 
-AGENTS: dict[str, type[Agent]] = {"dpmd": DPMD, "sdac": SDAC, "sac": SAC}
+AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC)}
 
 
-def make_agent(algo: str, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops=None) -> Agent:
+def make_agent(algo: str, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops) -> Agent:
+    """The agent of `algo`, computing its hot paths with `ops` (fastrsm.backend.make_ops)."""
     return AGENTS[algo](obs_dim, act_dim, cfg, device, ops)
 
 
-__all__ = ["AGENTS", "Agent", "DPMD", "SAC", "SDAC", "make_agent"]
+__all__ = ["AGENTS", "Agent", "DPMD", "Parts", "SAC", "SDAC", "make_agent"]

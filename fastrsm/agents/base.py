@@ -1,7 +1,12 @@
-"""What every agent shares: twin critics with Polyak targets, the TD update, optimiser plumbing.
+"""What every agent shares: twin critics with Polyak targets, the TD update, optimiser plumbing, and the one
+update schedule.
 
-An update is a pure function of device tensors (no `.item()`, no host branching on values), so it can be
-captured in a CUDA graph; which parts run (policy, alpha) is decided by host-side counters."""
+An update is made of *parts* (the critic step always; the policy step with its EMA/target updates, and the
+temperature step, periodically). Which parts the next update runs is decided here, on the host, from the
+agent's counters (`next_parts`), and nowhere else: `update_step(batch, parts)` then runs exactly those parts
+as a pure function of device tensors (no `.item()`, no host branching on values), so fastrsm.graphs can
+capture one CUDA graph per distinct `Parts` and replay the one the schedule names. An algorithm with another
+periodic step overrides `parts_for` (and `update_step`); graphs.py needs no change."""
 
 from __future__ import annotations
 
@@ -9,15 +14,21 @@ import contextlib
 import copy
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..backend import Ops
 from ..config import Config
 from ..losses import critic_loss, td_target
 from ..nets import TwinQ
 from ..profiling import nvtx_range
 from ..replay import Batch
+
+# The names of the parts one update runs, in order, e.g. ("critic",), ("critic", "policy", "alpha").
+# Hashable: fastrsm.graphs keeps one captured graph per distinct value.
+Parts = tuple[str, ...]
 
 
 def polyak(target: nn.Module, source: nn.Module, tau: float) -> None:
@@ -74,9 +85,10 @@ class Agent(nn.Module):
 
     algo = "base"
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
         super().__init__()
         self.obs_dim, self.act_dim, self.cfg, self.device = obs_dim, act_dim, cfg, device
+        self.ops = ops  # the hot paths of the chosen backend (fastrsm.backend.make_ops), given by the caller
         self.critic = TwinQ(obs_dim, act_dim, cfg.hidden, cfg.layers).to(device)
         self.critic_target = frozen_copy(self.critic)
         self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device)
@@ -87,11 +99,11 @@ class Agent(nn.Module):
     def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
         raise NotImplementedError
 
-    def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """min Q'(s', a') of the bootstrap (and anything the policy step can reuse)."""
+    def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """min Q'(s', a') of the bootstrap, and what the policy step can reuse of its computation."""
         raise NotImplementedError
 
-    def policy_step(self, batch: Batch, cache: dict) -> dict[str, torch.Tensor]:
+    def policy_step(self, batch: Batch, reuse: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def alpha_step(self) -> dict[str, torch.Tensor]:
@@ -101,41 +113,77 @@ class Agent(nn.Module):
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
 
+    # -- the schedule: which parts each update runs (host side, the only place that decides it)
+    def parts_for(self, updates: int, policy_updates: int) -> Parts:
+        """The parts of the update that follows `updates` updates, of which `policy_updates` ran the policy:
+        the policy (with the EMA and critic targets) every `policy_delay` updates, the temperature every
+        `alpha_every` policy updates."""
+        if (updates + 1) % self.cfg.policy_delay:
+            return ("critic",)
+        if (policy_updates + 1) % self.cfg.alpha_every:
+            return ("critic", "policy")
+        return ("critic", "policy", "alpha")
+
+    def next_parts(self) -> Parts:
+        return self.parts_for(self.updates, self.policy_updates)
+
+    def reachable_parts(self) -> list[Parts]:
+        """Every distinct `Parts` a run can take, in order of first appearance (graphs capture them up front).
+        The schedule is periodic in the counters; one period of it is simulated."""
+        seen: list[Parts] = []
+        u = pu = 0
+        for _ in range(self.schedule_period()):
+            parts = self.parts_for(u, pu)
+            if parts not in seen:
+                seen.append(parts)
+            u, pu = u + 1, pu + ("policy" in parts)
+        return seen
+
+    def schedule_period(self) -> int:
+        """Updates after which `parts_for` repeats itself (a multiple of the true period is fine)."""
+        return self.cfg.policy_delay * self.cfg.alpha_every
+
+    def advance(self, parts: Parts) -> None:
+        """Count the update that ran `parts`."""
+        self.updates += 1
+        self.policy_updates += "policy" in parts
+
+    def schedule(self) -> None:
+        """Host-side schedules (learning rates) for the next update, from the counters, written in place into the
+        optimisers' lr (device tensors on CUDA), so that a captured `update_step` reads them at replay."""
+
     # -- the update
-    def critic_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
+    def critic_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], Any]:
         with torch.no_grad():
-            next_v, cache = self.next_action_value(batch.next_obs)
+            next_v, reuse = self.next_action_value(batch.next_obs)
             y = td_target(batch.reward, batch.terminated, next_v, self.cfg.gamma, self.cfg.reward_scale)
         q = self.critic(batch.obs, batch.action)
         loss = critic_loss(q, y)
         self.opt_q.zero_grad(set_to_none=False)
         loss.backward()
         self.opt_q.step()
-        return {"loss_q": loss.detach(), "q_mean": q.detach().mean()}, cache
-
-    def schedule(self, updates: int) -> None:
-        """Host-side schedules (learning rates) for update number `updates`, written in place into the
-        optimisers' lr (device tensors on CUDA), so that a captured `update_step` reads them at replay."""
+        return {"loss_q": loss.detach(), "q_mean": q.detach().mean()}, reuse
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One gradient update; the policy, its EMA and the critic targets every `policy_delay` updates."""
-        self.schedule(self.updates + 1)
-        return self.update_step(batch)
+        """One gradient update: the parts the schedule names, then the counters advance."""
+        parts = self.next_parts()
+        self.schedule()
+        metrics = self.update_step(batch, parts)
+        self.advance(parts)
+        return metrics
 
-    def update_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """The device work of `update` (what a CUDA graph captures); only host counters branch here."""
+    def update_step(self, batch: Batch, parts: Parts) -> dict[str, torch.Tensor]:
+        """The device work of an update that runs `parts` (what a CUDA graph captures); reads no counter."""
         with nvtx_range("critic_update"):
-            metrics, cache = self.critic_step(batch)
-        self.updates += 1
-        if self.updates % self.cfg.policy_delay == 0:
+            metrics, reuse = self.critic_step(batch)
+        if "policy" in parts:
             with nvtx_range("policy_update"):
-                metrics.update(self.policy_step(batch, cache))
-                self.policy_updates += 1
+                metrics.update(self.policy_step(batch, reuse))
                 polyak(self.critic_target, self.critic, self.cfg.tau)
                 self.after_policy_step()
-            if self.policy_updates % self.cfg.alpha_every == 0:
-                with nvtx_range("alpha_update"):
-                    metrics.update(self.alpha_step())
+        if "alpha" in parts:
+            with nvtx_range("alpha_update"):
+                metrics.update(self.alpha_step())
         return metrics
 
     def after_policy_step(self) -> None:

@@ -6,19 +6,28 @@ at s' for the bootstrap are also the a_0 (DPMD) or the anchor of h_t (SDAC) of t
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from ..backend import Ops, make_ops
+from ..backend import Ops
 from ..config import Config
 from ..diffusion import DiffusionPolicy
 from ..losses import alpha_loss, noise_entropy
 from .base import Agent, frozen_copy, linear_decay, log_alpha_param, make_adam, polyak, set_lr
 
 
+class NextActions(NamedTuple):
+    """What the critic step's bootstrap drew at s' and the policy step reuses (no second reverse chain)."""
+
+    action: torch.Tensor  # [B, A] the best-of-N action a' with exploration noise, clipped
+    particles: torch.Tensor  # [B, N, A] every candidate of the chain
+    q_particles: torch.Tensor  # [B, N] their min(Q1, Q2) under the online critic
+
+
 class DiffusionAgent(Agent):
-    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops | None = None):
-        super().__init__(obs_dim, act_dim, cfg, device)
-        self.ops = ops or make_ops("torch", device)
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
+        super().__init__(obs_dim, act_dim, cfg, device, ops)
         self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
                                       cfg.schedule, cfg.beta_scale).to(device)
         self.policy_ema = frozen_copy(self.policy)  # acts and evaluates (SPEC §3)
@@ -29,40 +38,39 @@ class DiffusionAgent(Agent):
 
     @torch.no_grad()
     def best_of_n(self, policy: DiffusionPolicy, obs: torch.Tensor, noise_std: torch.Tensor | float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Draw N particles per state, score them with min(Q1, Q2), keep the argmax (plus noise_std·N(0, I)).
-
-        Returns (action [B, A], all particles [B, N, A], their min-Q [B, N])."""
+                  ) -> NextActions:
+        """Draw N particles per state, score them with min(Q1, Q2), keep the argmax (plus noise_std·N(0, I))."""
         N = self.cfg.particles
-        cand = policy.sample(obs, N, chain=self.ops.chain)
+        cand = self.ops.sample(policy.eps_net, policy.sched, obs, N)
         q = self.critic.min_q(obs.unsqueeze(1).expand(-1, N, -1), cand)
         noise = torch.randn(obs.shape[0], self.act_dim, device=obs.device)
         action, _ = self.ops.best_of_n(q, cand, noise, noise_std)
-        return action, cand, q
+        return NextActions(action, cand, q)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
         std = self.cfg.explore_std * self.alpha if explore else 0.0
-        return self.best_of_n(self.policy_ema, obs, std)[0]
+        return self.best_of_n(self.policy_ema, obs, std).action
 
     @torch.no_grad()
-    def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, NextActions]:
         # a' comes from the acting sampler, exploration noise included (as in the authors' code): the noise
         # smooths the bootstrap and keeps DPMD's regression target from collapsing onto one action per state.
         # Unlike that code we clip a' to the action box, where the critic has data.
-        a2, cand, qc = self.best_of_n(self.policy, next_obs, self.cfg.explore_std * self.alpha)
-        v = self.critic_target.min_q(next_obs, a2)
-        return v, {"a2": a2, "cand": cand, "q_cand": qc}
+        drawn = self.best_of_n(self.policy, next_obs, self.cfg.explore_std * self.alpha)
+        return self.critic_target.min_q(next_obs, drawn.action), drawn
 
-    def policy_loss(self, obs: torch.Tensor, cache: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def policy_loss(self, next_obs: torch.Tensor, drawn: NextActions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def schedule(self, updates: int) -> None:
-        set_lr(self.opt_pi, linear_decay(updates, self.cfg.lr_decay_start, self.cfg.lr_decay_end,
+    def schedule(self) -> None:
+        set_lr(self.opt_pi, linear_decay(self.updates + 1, self.cfg.lr_decay_start, self.cfg.lr_decay_end,
                                          self.cfg.lr_policy, self.cfg.lr_policy_end))
 
-    def policy_step(self, batch, cache: dict) -> dict[str, torch.Tensor]:
-        loss, metrics = self.policy_loss(batch.next_obs, cache)
+    def policy_step(self, batch, drawn: NextActions) -> dict[str, torch.Tensor]:
+        # The policy is trained at the batch's next states s': that is where the bootstrap already drew the
+        # policy's actions, so the loss reuses them instead of running a second reverse chain at s.
+        loss, metrics = self.policy_loss(batch.next_obs, drawn)
         self.opt_pi.zero_grad(set_to_none=False)
         loss.backward()
         self.opt_pi.step()

@@ -9,38 +9,60 @@ from __future__ import annotations
 
 import torch
 
+from ..backend import Ops
 from ..config import Config
 from ..diffusion import q_sample
-from ..losses import RunningMeanStd, dpmd_loss, dpmd_weights
-from .diffusion_agent import DiffusionAgent
+from ..losses import dpmd_loss, dpmd_weights
+from .diffusion_agent import DiffusionAgent, NextActions
+
+
+class RunningMeanStd:
+    """EMA of the batch mean and std of Q, as device tensors (updated in place) so an update can be graphed."""
+
+    def __init__(self, rate: float = 0.001, device: torch.device | str = "cpu"):
+        self.rate = rate
+        self.mean = torch.zeros((), device=device)
+        self.std = torch.ones((), device=device)
+
+    @torch.no_grad()
+    def update(self, q: torch.Tensor) -> None:
+        self.mean.lerp_(q.mean(), self.rate)
+        self.std.lerp_(q.std(), self.rate)
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.clone(), "std": self.std.clone()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.mean.copy_(sd["mean"])
+        self.std.copy_(sd["std"])
 
 
 class DPMD(DiffusionAgent):
     algo = "dpmd"
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops=None):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
         super().__init__(obs_dim, act_dim, cfg, device, ops)
         self.q_stats = RunningMeanStd(cfg.q_norm_rate, device)
 
-    def policy_loss(self, obs: torch.Tensor, cache: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def policy_loss(self, next_obs: torch.Tensor, drawn: NextActions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sched, lam = self.policy.sched, self.alpha
         if self.cfg.dpmd_weights == "softmax":
-            cand, q = cache["cand"], cache["q_cand"]  # [B, N, A], [B, N]
+            cand, q = drawn.particles, drawn.q_particles  # [B, N, A], [B, N]
             B, N, A = cand.shape
-            t = torch.randint(0, sched.T, (B, N), device=obs.device)
+            t = torch.randint(0, sched.T, (B, N), device=next_obs.device)
             eps = torch.randn_like(cand)
             a_t = q_sample(sched, cand, t, eps)
-            s = obs.unsqueeze(1).expand(-1, N, -1)
+            s = next_obs.unsqueeze(1).expand(-1, N, -1)
             eps_pred = self.policy.eps_net(a_t, s, t)
             return self.ops.sm_loss(eps_pred, eps, q / lam), {"w_max": torch.softmax(q / lam, -1).max() * N}
-        a0 = cache["a2"]
+        a0 = drawn.action
         with torch.no_grad():  # Q of the (noisy) a' under the critic just updated
-            q = self.critic.min_q(obs, a0)
+            q = self.critic.min_q(next_obs, a0)
         w = dpmd_weights(q, lam, self.q_stats.mean, self.q_stats.std, self.cfg.q_clip, self.cfg.public_code_norm)
         self.q_stats.update(q)  # after use: the weights of this batch use the statistics of earlier batches
-        t = torch.randint(0, sched.T, (a0.shape[0],), device=obs.device)
+        t = torch.randint(0, sched.T, (a0.shape[0],), device=next_obs.device)
         eps = torch.randn_like(a0)
-        eps_pred = self.policy.eps_net(q_sample(sched, a0, t, eps), obs, t)
+        eps_pred = self.policy.eps_net(q_sample(sched, a0, t, eps), next_obs, t)
         return dpmd_loss(eps_pred, eps, w), {"w_mean": w.mean(), "q_run_mean": self.q_stats.mean.clone()}
 
     def extra_state(self) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backend import Ops
 from ..config import Config
 from ..losses import sac_actor_loss, sac_alpha_loss, sac_target
 from ..nets import GaussianActor
@@ -13,8 +14,8 @@ from .base import Agent, log_alpha_param, make_adam, no_param_grads
 class SAC(Agent):
     algo = "sac"
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops=None):
-        super().__init__(obs_dim, act_dim, cfg, device)
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
+        super().__init__(obs_dim, act_dim, cfg, device, ops)
         self.actor = GaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers).to(device)
         self.opt_pi = make_adam(self.actor.parameters(), cfg.lr_policy, device)
         self.log_alpha = log_alpha_param(cfg.sac_alpha_init, device)
@@ -26,11 +27,11 @@ class SAC(Agent):
         return self.actor(obs, deterministic=not explore)[0]
 
     @torch.no_grad()
-    def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, None]:
         a2, logp2 = self.actor(next_obs)
-        return sac_target(self.critic_target.min_q(next_obs, a2), logp2, self.alpha), {}
+        return sac_target(self.critic_target.min_q(next_obs, a2), logp2, self.alpha), None
 
-    def policy_step(self, batch, cache: dict) -> dict[str, torch.Tensor]:
+    def policy_step(self, batch, reuse: None) -> dict[str, torch.Tensor]:
         a, logp = self.actor(batch.obs)
         with no_param_grads(self.critic):  # only ∂Q/∂a is needed; the critic's weight gradients would be discarded
             q = self.critic.min_q(batch.obs, a)

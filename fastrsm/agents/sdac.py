@@ -10,22 +10,22 @@ import torch
 
 from ..diffusion import q_sample
 from ..losses import sdac_reverse_samples
-from .diffusion_agent import DiffusionAgent
+from .diffusion_agent import DiffusionAgent, NextActions
 
 
 class SDAC(DiffusionAgent):
     algo = "sdac"
 
-    def policy_loss(self, obs: torch.Tensor, cache: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def policy_loss(self, next_obs: torch.Tensor, drawn: NextActions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sched, K = self.policy.sched, self.cfg.reverse_samples
-        a = cache["a2"]
+        a = drawn.action
         B = a.shape[0]
-        t = torch.randint(0, sched.T, (B,), device=obs.device)
+        t = torch.randint(0, sched.T, (B,), device=next_obs.device)
         a_t = q_sample(sched, a, t, torch.randn_like(a))
         with torch.no_grad():
             a0k, eps_k = sdac_reverse_samples(sched, a_t, t, K)
-            q = self.critic.min_q(obs.unsqueeze(1).expand(-1, K, -1), a0k)  # [B, K]
+            q = self.critic.min_q(next_obs.unsqueeze(1).expand(-1, K, -1), a0k)  # [B, K]
             logits = q * (self.cfg.sdac_q_scale / self.alpha)
-        eps_pred = self.policy.eps_net(a_t, obs, t)
+        eps_pred = self.policy.eps_net(a_t, next_obs, t)
         loss = self.ops.sm_loss(eps_pred, eps_k, logits)
         return loss, {"w_max": torch.softmax(logits, -1).max(-1).values.mean()}

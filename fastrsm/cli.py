@@ -1,0 +1,212 @@
+"""Command-line plumbing shared by every entry point: the one-line-error parser, `--set KEY=VALUE`, the exit
+codes, and the preparation of a training run — every check a user's input gets, in one place, before a single
+file is written (tests/test_train_cli.py drives it with a table of bad inputs).
+
+Exit codes: 0 finished; 2 bad input (nothing written); 3 diverged (NaN/inf; the last good checkpoint kept);
+4 out of disk space while writing (the previous files kept; `--resume` continues once space is freed);
+130 / 143 stopped by SIGINT / SIGTERM (a checkpoint saved)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .backend import BackendError, check_chain_options, resolve_backend
+from .config import Config, ConfigError, field_names, load_config_file, make_config
+from .envs import EnvIdError, make_vec_env
+from .runlog import load_checkpoint, read_config
+from .utils import UsageError, resolve_device
+
+EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_SIGINT, EXIT_SIGTERM = 0, 2, 3, 4, 130, 143
+
+# What a user's mistake raises anywhere below an entry point: printed as one line, exit code 2.
+USER_ERRORS = (ConfigError, UsageError, EnvIdError, BackendError, ValueError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit code 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def parse_set(items: Sequence[str]) -> dict[str, str]:
+    """`--set KEY=VALUE` items -> {KEY: VALUE} (values are coerced and validated by fastrsm.config)."""
+    out: dict[str, str] = {}
+    for kv in items:
+        if "=" not in kv:
+            raise ConfigError(f"--set expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """Run an entry point's `body`, turning a user's mistake into one line and exit code 2."""
+    try:
+        return body()
+    except USER_ERRORS as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
+        return int(e.code or 0)
+
+
+# --------------------------------------------------------------------------------------------- fastrsm-train
+
+EXPLICIT = {"env": "env_id", "algo": "algo", "seed": "seed", "total_steps": "total_steps",
+            "num_envs": "num_envs", "device": "device", "backend": "backend"}
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="fastrsm-train", description="Train DPMD / SDAC / SAC online on a gymnasium task.")
+    p.add_argument("--env", default=None, help="environment id, e.g. Ant-v4, HalfCheetah-v5, Pendulum-v1 "
+                                               "(default Ant-v4)")
+    p.add_argument("--algo", default=None, help="dpmd, sdac or sac (default dpmd)")
+    p.add_argument("--seed", default=None, help="random seed (default 0)")
+    p.add_argument("--total-steps", default=None, help="environment steps (default: the preset's)")
+    p.add_argument("--num-envs", default=None, help="vectorised environments")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda")
+    p.add_argument("--backend", default=None, help="hot-path implementation: auto, torch, compile or triton")
+    p.add_argument("--preset", default="paper", help="paper (SPEC §7) or smoke (tiny, CPU-friendly)")
+    p.add_argument("--run-dir", default=None, help="run directory (default runs/<env>__<algo>__<seed>__<time>)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--config", default=None, metavar="FILE", help="JSON file of settings")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("every other setting (fastrsm/config.py); the paper preset's value is shown")
+    paper = make_config("paper")
+    for name in field_names():
+        if name in EXPLICIT.values():
+            continue
+        g.add_argument("--" + name.replace("_", "-"), dest="cfg_" + name, default=None, metavar="V",
+                       help=f"(paper: {getattr(paper, name)})")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if args.config:
+        out.update(load_config_file(args.config))
+    for flag, name in EXPLICIT.items():
+        v = getattr(args, flag)
+        if v is not None:
+            out[name] = v
+    for name in field_names():
+        v = getattr(args, "cfg_" + name, None)
+        if v is not None:
+            out[name] = v
+    out.update(parse_set(args.set))
+    return out
+
+
+def default_run_dir(cfg: Config) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{cfg.env_id}__{cfg.algo}__{cfg.seed}__{stamp}")
+
+
+def check_new_run_dir(run_dir: str) -> None:
+    """A new run needs an empty or absent directory whose nearest existing ancestor is a writable directory."""
+    if os.path.exists(run_dir):
+        if not os.path.isdir(run_dir):
+            raise UsageError(f"run directory {run_dir} exists and is not a directory")
+        if os.listdir(run_dir):
+            raise UsageError(f"run directory {run_dir} exists and is not empty; use --resume {run_dir} to "
+                             f"continue it, or choose another --run-dir")
+        probe = run_dir
+    else:
+        probe = os.path.dirname(os.path.abspath(run_dir))
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError(f"run directory {run_dir} cannot be created: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"run directory {run_dir} cannot be created: {probe} is not writable")
+    if os.path.realpath(probe).startswith(("/proc", "/sys")):
+        raise UsageError(f"run directory {run_dir} cannot be created under {probe} (a kernel file system)")
+
+
+def replay_bytes(cfg: Config, obs_dim: int, act_dim: int) -> int:
+    """The replay buffer's storage: obs, next_obs, action, reward, terminated as float32 rows."""
+    return cfg.buffer_size * (2 * obs_dim + act_dim + 2) * 4
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device` (None when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_replay_fits(cfg: Config, obs_dim: int, act_dim: int, device: torch.device) -> None:
+    need, free = replay_bytes(cfg, obs_dim, act_dim), available_memory(device)
+    if free is not None and need > free:
+        raise UsageError(f"the replay buffer needs {need / 2**30:.1f} GiB ({cfg.buffer_size} transitions of "
+                         f"{cfg.env_id}) but {device.type} has {free / 2**30:.1f} GiB available; lower "
+                         f"--buffer-size (at most about {int(cfg.buffer_size * free / need):d} here)")
+
+
+@dataclass
+class TrainPlan:
+    """A validated training run: nothing has been written yet."""
+
+    cfg: Config
+    run_dir: str
+    ckpt: dict | None  # the checkpoint to resume from (already loaded and checked)
+    progress: bool
+
+
+def prepare_train(argv: Sequence[str] | None) -> TrainPlan:
+    """Parse and validate everything before a single file is written."""
+    args = build_train_parser().parse_args(argv)
+    overrides = _overrides(args)
+    if args.resume:
+        run_dir = args.resume
+        if not os.path.isfile(os.path.join(run_dir, "config.json")):
+            raise UsageError(f"--resume {run_dir}: not a run directory (no config.json)")
+        try:
+            saved = read_config(run_dir)["config"]
+        except (OSError, ValueError, KeyError) as e:
+            raise UsageError(f"--resume {run_dir}: config.json is unreadable ({e})") from None
+        saved = {k: v for k, v in saved.items() if k in field_names()}
+        cfg = make_config("paper", {**saved, **overrides})
+        if args.run_dir and os.path.abspath(args.run_dir) != os.path.abspath(run_dir):
+            raise UsageError("--run-dir and --resume name different directories")
+        ckpt = load_checkpoint(os.path.join(run_dir, "checkpoints", "latest.pt"))
+    else:
+        ckpt = None
+        cfg = make_config(args.preset, overrides)
+        run_dir = args.run_dir or default_run_dir(cfg)
+        check_new_run_dir(run_dir)
+    check_run(cfg)
+    return TrainPlan(cfg, run_dir, ckpt, not args.quiet)
+
+
+def check_run(cfg: Config) -> tuple[int, int]:
+    """What a valid config still may not do here: the env (made once, its spaces checked), the device, the
+    backend and chain settings, the replay's memory. Returns the env's (obs_dim, act_dim)."""
+    device = resolve_device(cfg.device)
+    backend = resolve_backend(cfg.backend, device)
+    check_chain_options(backend, device, cfg.chain_noise, cfg.chain_precision)
+    probe = make_vec_env(cfg.env_id, 1, 0, cfg.env_backend)  # raises EnvIdError on an unknown id or bad spaces
+    obs_dim, act_dim = probe.obs_dim, probe.act_dim
+    probe.close()
+    check_replay_fits(cfg, obs_dim, act_dim, device)
+    return obs_dim, act_dim

@@ -1,0 +1,84 @@
+"""The chain settings of the triton backend, as the agents reach them (Ops.sample): `chain_noise` 'kernel'
+(x_T and the step noise drawn in-kernel with Philox) and `chain_precision`, under the Triton interpreter on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastrsm.backend import BackendError, make_ops
+from fastrsm.diffusion import DiffusionPolicy, reverse_chain
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="module")
+def pol():
+    torch.manual_seed(0)
+    return DiffusionPolicy(obs_dim=4, act_dim=3, hidden=16, layers=2, T=3).to(DEV)
+
+
+def test_torch_noise_is_the_same_stream_on_every_backend(pol):
+    pytest.importorskip("triton")
+    s = torch.randn(5, 4, device=DEV)
+    out = []
+    for backend in ("torch", "triton"):
+        ops = make_ops(backend, DEV, chain_noise="torch")
+        torch.manual_seed(7)
+        with torch.no_grad():
+            out.append(ops.sample(pol.eps_net, pol.sched, s, 2))
+    assert out[0].shape == (5, 2, 3)
+    torch.testing.assert_close(out[1], out[0], atol=2e-5, rtol=1e-4)
+
+
+def test_kernel_noise_reproduces_for_a_seed_and_is_the_reference_on_its_draws(pol):
+    pytest.importorskip("triton")
+    from fastrsm.kernels import chain_noise
+
+    ops = make_ops("triton", DEV, chain_noise="kernel")
+    assert ops.chain_noise == "kernel"
+    s = torch.randn(6, 4, device=DEV)
+    draws = []
+    for seed in (11, 11, 12):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            draws.append(ops.sample(pol.eps_net, pol.sched, s, 4))
+    assert draws[0].shape == (6, 4, 3) and draws[0].abs().max() <= 1
+    assert torch.equal(draws[0], draws[1])  # same seed, same actions, bit for bit
+    assert not torch.equal(draws[0], draws[2])
+    # The Philox seed is one draw of torch's generator; materialised, its stream gives the reference chain.
+    torch.manual_seed(11)
+    seed_t = torch.randint(0, 2**31 - 1, (1,), device=DEV, dtype=torch.int64)
+    x_T, noise = chain_noise(seed_t, pol.T, 6 * 4, 3, DEV)
+    with torch.no_grad():
+        ref = reverse_chain(pol.eps_net, pol.sched, s, x_T, noise).reshape(6, 4, 3)
+    torch.testing.assert_close(draws[0], ref, atol=2e-5, rtol=1e-4)
+
+
+def test_kernel_noise_moments():
+    """x_T ~ 0.5·N(0, I) and the step noise ~ N(0, I), as the torch path draws them."""
+    pytest.importorskip("triton")
+    from fastrsm.kernels import chain_noise
+
+    torch.manual_seed(3)
+    seed_t = torch.randint(0, 2**31 - 1, (1,), device=DEV, dtype=torch.int64)
+    x_T, noise = chain_noise(seed_t, 4, 1024, 4, DEV)  # 16k step draws, 4k for x_T
+    assert abs(noise.mean().item()) < 0.03 and abs(noise.std().item() - 1.0) < 0.03
+    assert abs(x_T.mean().item()) < 0.03 and abs(x_T.std().item() - 0.5) < 0.02
+    # independent across steps and rows: neighbouring draws are uncorrelated
+    flat = noise.flatten()
+    corr = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()
+    assert abs(corr) < 0.03
+
+
+def test_chain_settings_need_the_triton_backend():
+    with pytest.raises(BackendError, match="need the triton backend"):
+        make_ops("torch", "cpu", chain_noise="kernel")
+    with pytest.raises(BackendError, match="need the triton backend"):
+        make_ops("compile", "cpu", chain_precision="tf32")
+    with pytest.raises(BackendError, match="unknown chain-noise"):
+        make_ops("torch", "cpu", chain_noise="numpy")
+    if not torch.cuda.is_available():
+        pytest.importorskip("triton")
+        with pytest.raises(BackendError, match="bf16 needs CUDA"):
+            make_ops("triton", "cpu", chain_precision="bf16")
