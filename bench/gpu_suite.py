@@ -115,8 +115,10 @@ def run_step(step: Step, limit_s: float, log_path: str, env: dict[str, str]) -> 
     with open(log_path, "w") as log:
         log.write(f"$ {rec['cmd']}\n")
         log.flush()
+        # its own process group, to kill it whole; not its own session, so that whatever kills the suite's
+        # session (the device tool, at its time limit) takes it along
         proc = subprocess.Popen(step.cmd, cwd=ROOT, env={**env, **step.env}, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, preexec_fn=os.setpgrp)
         try:
             if step.stop_after_s is not None and step.stop_after_s < limit:
                 stop_at = t0 + step.stop_after_s
@@ -688,8 +690,30 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.merge or []:
         merge(res, _read_json(m))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    os.makedirs(out, exist_ok=True)
+
+    def save() -> None:
+        """After every part: a suite killed later still leaves the parts done so far."""
+        res.update(updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), not_measured=NOT_MEASURED,
+                   targets=targets(res["parts"]))
+        if only:
+            res["environment"]["versions"] = package_versions()  # setup may have installed some
+        _atomic_write(json_path, json.dumps(res, indent=1, default=str) + "\n")
+        _atomic_write(os.path.join(out, "gpu_results.md"), render_markdown(res))
+        if packed and only:
+            pack(work, os.path.join(out, "gpu_results_raw.tar.gz"))
+
     if only:
         print(f"gpu_suite: {'dry run' if c.dry else 'GPU run'}: parts {', '.join(only)} -> {out}", flush=True)
+        # the machine the parts run on; a merge alone keeps the merged summaries' machine
+        res["environment"] = environment(args.commit)
+        res["env_backend"] = c.env_backend
+        if not c.dry and not res["environment"].get("cuda_available"):
+            res.setdefault("warnings", []).append("not a dry run, but torch sees no CUDA device")
+        res["runs"].append({"started": started, "parts": only, "mode": c.mode, "argv": sys.argv[1:],
+                            "device": res["environment"].get("device"), "commit": res["environment"].get("commit")})
+        # SIGTERM (a time limit around the suite) ends the running command's group too, via run_step
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     for part in PARTS:
@@ -724,20 +748,10 @@ def main(argv: list[str] | None = None) -> int:
                               "raw": "gpu_results_raw.tar.gz" if packed else ".",
                               "run_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "forced_failure": part in forced}
         print(f"gpu_suite: {part}: {status} ({res['parts'][part]['wall_s']:.1f}s)", flush=True)
+        save()
 
-    if only:  # the machine the parts ran on; a merge alone keeps the merged summaries' machine
-        res["environment"] = environment(args.commit)
-        res["env_backend"] = c.env_backend
-        if not c.dry and not res["environment"].get("cuda_available"):
-            res.setdefault("warnings", []).append("not a dry run, but torch sees no CUDA device")
-        res["runs"].append({"started": started, "parts": only, "mode": c.mode, "argv": sys.argv[1:],
-                            "device": res["environment"].get("device"), "commit": res["environment"].get("commit")})
-    res.update(updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), not_measured=NOT_MEASURED, targets=targets(res["parts"]))
-    os.makedirs(out, exist_ok=True)
-    _atomic_write(json_path, json.dumps(res, indent=1, default=str) + "\n")
-    _atomic_write(os.path.join(out, "gpu_results.md"), render_markdown(res))
+    save()
     if packed and only:
-        pack(work, os.path.join(out, "gpu_results_raw.tar.gz"))
         shutil.rmtree(work, ignore_errors=True)
     print_summary(res)
     bad = [p for p in only if res["parts"][p]["status"] not in (OK, NA, SKIPPED)]
