@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from . import loop
-from .agents import make_agent
+from .agents import check_algo, make_agent
 from .backend import BackendError, make_ops
 from .cli import OneLineParser, parse_set, run_main
 from .config import Config, make_config
@@ -258,6 +258,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, torch.device, list[str]]
     cfg = make_config(args.preset, overrides)
     if args.fill < cfg.batch_size:
         raise UsageError(f"--fill must be at least the batch size ({cfg.batch_size})")
+    check_algo(cfg.algo)
     check_env_id(cfg.env_id, cfg.env_backend)
     return cfg, device, backends
 

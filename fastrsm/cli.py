@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .agents import AGENTS, check_algo
 from .backend import BackendError, check_chain_options, resolve_backend
 from .config import Config, ConfigError, field_names, load_config_file, make_config
 from .envs import EnvIdError, make_vec_env
@@ -69,7 +70,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="fastrsm-train", description="Train DPMD / SDAC / SAC online on a gymnasium task.")
     p.add_argument("--env", default=None, help="environment id, e.g. Ant-v4, HalfCheetah-v5, Pendulum-v1 "
                                                "(default Ant-v4)")
-    p.add_argument("--algo", default=None, help="dpmd, sdac or sac (default dpmd)")
+    p.add_argument("--algo", default=None, help=f"{', '.join(AGENTS)} (default dpmd)")
     p.add_argument("--seed", default=None, help="random seed (default 0)")
     p.add_argument("--total-steps", default=None, help="environment steps (default: the preset's)")
     p.add_argument("--num-envs", default=None, help="vectorised environments")
@@ -202,6 +203,7 @@ def prepare_train(argv: Sequence[str] | None) -> TrainPlan:
 def check_run(cfg: Config) -> tuple[int, int]:
     """What a valid config still may not do here: the env (made once, its spaces checked), the device, the
     backend and chain settings, the replay's memory. Returns the env's (obs_dim, act_dim)."""
+    check_algo(cfg.algo)
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
     check_chain_options(backend, device, cfg.chain_noise, cfg.chain_precision)

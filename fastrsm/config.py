@@ -21,13 +21,6 @@ from .utils import DEVICES
 DPMD_WEIGHTS = ("exp", "softmax")
 
 
-def algo_names() -> tuple[str, ...]:
-    """The algorithms, from the one registry (fastrsm.agents.AGENTS; imported here lazily: agents import this)."""
-    from .agents import AGENTS
-
-    return tuple(AGENTS)
-
-
 class ConfigError(ValueError):
     """A user-facing configuration mistake; the CLI prints it on one line and exits with code 2."""
 
@@ -103,8 +96,8 @@ class Config:
             if not cond:
                 raise ConfigError(msg)
 
-        algos = algo_names()
-        need(self.algo in algos, f"unknown algo {self.algo!r}; choose one of {', '.join(algos)}")
+        # `algo` is checked against the one registry of algorithms, fastrsm.agents.AGENTS (check_algo), where
+        # agents are made: the settings know nothing of the agents that read them.
         need(self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         need(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")

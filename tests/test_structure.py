@@ -141,8 +141,10 @@ def test_a_new_metric_appears_in_train_csv(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["dpmd", "sdac", "sac"])
 def test_one_list_of_algorithms(name):
-    from fastrsm.agents import AGENTS
-    from fastrsm.config import algo_names, make_config
+    from fastrsm.agents import AGENTS, check_algo
+    from fastrsm.config import ConfigError
 
-    assert algo_names() == tuple(AGENTS) and name in AGENTS
-    assert make_config("smoke", {"algo": name}).algo == name
+    assert name in AGENTS and AGENTS[name].algo == name
+    check_algo(name)
+    with pytest.raises(ConfigError, match="choose one of dpmd, sdac, sac"):
+        check_algo("ppo")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..backend import Ops
-from ..config import Config
+from ..config import Config, ConfigError
 from .base import Agent, Parts
 from .dpmd import DPMD
 from .sac import SAC
@@ -14,9 +14,15 @@ from .sdac import SDAC
 AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC)}
 
 
+def check_algo(algo: str) -> None:
+    if algo not in AGENTS:
+        raise ConfigError(f"unknown algo {algo!r}; choose one of {', '.join(AGENTS)}")
+
+
 def make_agent(algo: str, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops) -> Agent:
     """The agent of `algo`, computing its hot paths with `ops` (fastrsm.backend.make_ops)."""
+    check_algo(algo)
     return AGENTS[algo](obs_dim, act_dim, cfg, device, ops)
 
 
-__all__ = ["AGENTS", "Agent", "DPMD", "Parts", "SAC", "SDAC", "make_agent"]
+__all__ = ["AGENTS", "Agent", "DPMD", "Parts", "SAC", "SDAC", "check_algo", "make_agent"]
