@@ -62,7 +62,9 @@ class Config:
     # --- policy ---
     lr_policy: float = 3e-4
     lr_policy_end: float = 3e-5
-    lr_decay_start: int = 25_000  # in updates
+    # linear decay lr_policy -> lr_policy_end between these *policy-optimiser* steps (optax counts its own
+    # updates): gradient updates 50k-150k with policy_delay 2
+    lr_decay_start: int = 25_000
     lr_decay_end: int = 75_000
     policy_delay: int = 2
     # --- diffusion ---
@@ -74,7 +76,7 @@ class Config:
     # --- temperature ---
     alpha_init: float = 5.0
     lr_alpha: float = 7e-3
-    alpha_every: int = 250  # policy updates between alpha steps
+    alpha_every: int = 250  # gradient (critic) updates between alpha steps, as the authors' `step % 250`
     target_entropy_per_dim: float = -0.9
     explore_std: float = 0.1  # exploration noise std is explore_std * alpha
     # --- DPMD ---
@@ -85,7 +87,8 @@ class Config:
     # --- SDAC ---
     sdac_q_scale: float = 5.0  # SDAC logits are sdac_q_scale * q / alpha
     # --- SAC ---
-    sac_alpha_init: float = 1.0
+    sac_alpha_init: float = math.e  # log α₀ = 1, the authors' SAC baseline
+    sac_policy_delay: int = 1  # the authors' SAC: actor, α and targets on every gradient update
     lr_sac_alpha: float = 3e-4
     # --- housekeeping ---
     save_replay: bool = True
@@ -111,7 +114,7 @@ class Config:
              f"unknown dpmd_weights {self.dpmd_weights!r}; choose one of {', '.join(DPMD_WEIGHTS)}")
         for name in ("total_steps", "num_envs", "batch_size", "buffer_size", "hidden", "layers", "time_dim",
                      "diffusion_steps", "particles", "reverse_samples", "eval_episodes", "policy_delay",
-                     "alpha_every", "eval_every", "log_every"):
+                     "sac_policy_delay", "alpha_every", "eval_every", "log_every"):
             v = getattr(self, name)
             need(v > 0, f"{name.replace('_', '-')} must be a positive integer, got {v}")
         for name in ("warmup_steps", "torch_threads", "lr_decay_start", "lr_decay_end", "nan_check_every"):
@@ -139,8 +142,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         total_steps=20_000, num_envs=1, utd=1.0, warmup_steps=1_000, eval_every=2_000, eval_episodes=5,
         log_every=1_000, buffer_size=100_000, batch_size=128, hidden=64, layers=2, diffusion_steps=5,
-        particles=8, reverse_samples=16, lr_decay_start=10_000, lr_decay_end=20_000, alpha_init=3.0,
-        alpha_every=10, lr_alpha=3e-2, reward_scale=1.0, q_norm_rate=0.02, torch_threads=1,
+        particles=8, reverse_samples=16, lr_decay_start=5_000, lr_decay_end=10_000, alpha_init=3.0,
+        alpha_every=20, lr_alpha=3e-2, reward_scale=1.0, q_norm_rate=0.02, torch_threads=1,
         # a short run needs fast target propagation: a larger Polyak rate and learning rates
         tau=0.02, lr_q=1e-3, lr_policy=1e-3,
     ),

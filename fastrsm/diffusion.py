@@ -34,7 +34,8 @@ def make_betas(kind: str, T: int, scale: float = 0.8) -> torch.Tensor:
         x = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((x + s) / (1 + s) * math.pi / 2) ** 2
         abar = f / f[0]
-        betas = (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+        # scaled like the linear ramp, as the authors' code does (their training script always runs `linear`)
+        betas = scale * (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
     elif kind == "vp":  # variance-preserving SDE discretised (Song et al.), as in Diffusion-QL
         b_min, b_max = 0.1, 10.0
         t = torch.arange(1, T + 1, dtype=torch.float64)

@@ -31,10 +31,10 @@ S, A, E = 5, 2, 3  # obs dim, action dim, envs
 
 
 def tiny_cfg(algo: str, device: str, hidden: int = 16, **kw):
-    # alpha_every=2 and policy_delay=2: updates 1..4 take every Parts value (critic; +policy; critic; +policy+alpha).
+    # alpha_every=4 and policy_delay=2: updates 1..4 take every Parts value (critic; +policy; critic; +policy+alpha).
     # The lr decays over the first updates, so a wrong schedule under capture would show.
-    settings = dict(algo=algo, device=device, batch_size=16, hidden=hidden, particles=4, diffusion_steps=3,
-                    reverse_samples=4, alpha_every=2, lr_decay_start=0, lr_decay_end=6)
+    settings = dict(algo=algo, device=device, batch_size=16, sac_policy_delay=2, hidden=hidden, particles=4,
+                    diffusion_steps=3, reverse_samples=4, alpha_every=4, lr_decay_start=0, lr_decay_end=3)
     return make_config("smoke", {**settings, **kw})
 
 
@@ -145,8 +145,9 @@ def test_emulated_capture_matches_eager(algo):
     assert [sorted(m) for m in m_plain] == [sorted(m) for m in m_fast]
     assert m_plain == m_fast
     assert_same_state(plain, graphed)
-    assert sorted(fast._updates) == sorted(ALL_PARTS)
-    assert fast.captures == 3
+    expected = ALL_PARTS if algo != "sac" else [("critic",), ("critic", "policy")]  # SAC: α inside its policy step
+    assert sorted(fast._updates) == sorted(expected) == sorted(graphed.reachable_parts())
+    assert fast.captures == len(expected)
     # Static outputs: one Parts value's metrics are the same tensors every time, refreshed in place.
     m = [fast.update(rb) for _ in range(4)]  # parts: +policy, critic, +policy+alpha, critic
     assert m[1]["loss_q"] is m[3]["loss_q"] and m[0]["loss_q"] is not m[1]["loss_q"]
@@ -249,7 +250,9 @@ def test_graphed_update_matches_eager_gpu(algo, backend):
     assert fast.mode == "cuda"
     m_plain = run_updates(lambda: plain.update(rb.sample()), 9)
     m_fast = run_updates(lambda: fast.update(rb), 9)
-    assert sorted(fast._updates) == sorted(ALL_PARTS) and fast.captures == 3
+    expected = graphed.reachable_parts()
+    assert len(expected) == (2 if algo == "sac" else 3)
+    assert sorted(fast._updates) == sorted(expected) and fast.captures == len(expected)
     assert_same_state(plain, graphed, atol=1e-6, rtol=1e-5)
     for mp, mf in zip(m_plain, m_fast):
         assert mp.keys() == mf.keys()

@@ -117,12 +117,13 @@ class Agent(nn.Module):
     def parts_for(self, updates: int, policy_updates: int) -> Parts:
         """The parts of the update that follows `updates` updates, of which `policy_updates` ran the policy:
         the policy (with the EMA and critic targets) every `policy_delay` updates, the temperature every
-        `alpha_every` policy updates."""
-        if (updates + 1) % self.cfg.policy_delay:
-            return ("critic",)
-        if (policy_updates + 1) % self.cfg.alpha_every:
-            return ("critic", "policy")
-        return ("critic", "policy", "alpha")
+        `alpha_every` gradient updates (the authors test `step % 250` on their update counter)."""
+        parts: Parts = ("critic",)
+        if (updates + 1) % self.cfg.policy_delay == 0:
+            parts += ("policy",)
+        if (updates + 1) % self.cfg.alpha_every == 0:
+            parts += ("alpha",)
+        return parts
 
     def next_parts(self) -> Parts:
         return self.parts_for(self.updates, self.policy_updates)
@@ -141,7 +142,7 @@ class Agent(nn.Module):
 
     def schedule_period(self) -> int:
         """Updates after which `parts_for` repeats itself (a multiple of the true period is fine)."""
-        return self.cfg.policy_delay * self.cfg.alpha_every
+        return math.lcm(self.cfg.policy_delay, self.cfg.alpha_every)
 
     def advance(self, parts: Parts) -> None:
         """Count the update that ran `parts`."""

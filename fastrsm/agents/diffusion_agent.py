@@ -6,7 +6,7 @@ at s' for the bootstrap are also the a_0 (DPMD) or the anchor of h_t (SDAC) of t
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -60,17 +60,19 @@ class DiffusionAgent(Agent):
         drawn = self.best_of_n(self.policy, next_obs, self.cfg.explore_std * self.alpha)
         return self.critic_target.min_q(next_obs, drawn.action), drawn
 
-    def policy_loss(self, next_obs: torch.Tensor, drawn: NextActions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def policy_loss(self, next_obs: torch.Tensor, reuse: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The policy loss at s' given what the critic step drew there (`NextActions`, or a subclass's own)."""
         raise NotImplementedError
 
     def schedule(self) -> None:
-        set_lr(self.opt_pi, linear_decay(self.updates + 1, self.cfg.lr_decay_start, self.cfg.lr_decay_end,
+        # counted in policy-optimiser steps, as optax counts its own updates in the authors' code
+        set_lr(self.opt_pi, linear_decay(self.policy_updates, self.cfg.lr_decay_start, self.cfg.lr_decay_end,
                                          self.cfg.lr_policy, self.cfg.lr_policy_end))
 
-    def policy_step(self, batch, drawn: NextActions) -> dict[str, torch.Tensor]:
+    def policy_step(self, batch, reuse: Any) -> dict[str, torch.Tensor]:
         # The policy is trained at the batch's next states s': that is where the bootstrap already drew the
         # policy's actions, so the loss reuses them instead of running a second reverse chain at s.
-        loss, metrics = self.policy_loss(batch.next_obs, drawn)
+        loss, metrics = self.policy_loss(batch.next_obs, reuse)
         self.opt_pi.zero_grad(set_to_none=False)
         loss.backward()
         self.opt_pi.step()

@@ -2,17 +2,22 @@
 
 a_0 are the current policy's best-of-N actions at s' with the exploration noise (the very actions drawn for the
 critic target; gradient stopped); w = exp(clip((Q − m)/σ, −3, 3)/λ), Q from the freshly updated critic, with
-running m, σ; λ = α. `dpmd_weights=softmax` uses all N particles of
-each state with w = N·softmax_k(Q/λ) instead."""
+running m, σ; λ = α. The running statistics are updated on every gradient update (as the authors' code does),
+not only on policy steps. `dpmd_weights=softmax` uses all N particles of each state with
+w = N·softmax_k(clip((Q − m)/σ, −3, 3)/λ) instead: normalised by the same statistics, because raw Q/λ at MuJoCo
+Q scales (hundreds) puts all the weight on the argmax particle."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from ..backend import Ops
 from ..config import Config
 from ..diffusion import q_sample
-from ..losses import dpmd_loss, dpmd_weights
+from ..losses import dpmd_loss, dpmd_weights, normalize_q
+from ..replay import Batch
 from .diffusion_agent import DiffusionAgent, NextActions
 
 
@@ -37,6 +42,15 @@ class RunningMeanStd:
         self.std.copy_(sd["std"])
 
 
+class DPMDReuse(NamedTuple):
+    """What DPMD's critic step hands its policy step."""
+
+    drawn: NextActions
+    q: torch.Tensor  # [B] min Q of a_0 = a' under the critic just updated
+    mean: torch.Tensor  # the running statistics before this batch (the weights use earlier batches only)
+    std: torch.Tensor
+
+
 class DPMD(DiffusionAgent):
     algo = "dpmd"
 
@@ -44,26 +58,33 @@ class DPMD(DiffusionAgent):
         super().__init__(obs_dim, act_dim, cfg, device, ops)
         self.q_stats = RunningMeanStd(cfg.q_norm_rate, device)
 
-    def policy_loss(self, next_obs: torch.Tensor, drawn: NextActions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        sched, lam = self.policy.sched, self.alpha
-        if self.cfg.dpmd_weights == "softmax":
-            cand, q = drawn.particles, drawn.q_particles  # [B, N, A], [B, N]
+    def critic_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], DPMDReuse]:
+        metrics, drawn = super().critic_step(batch)
+        with torch.no_grad():  # Q of the (noisy) a' under the critic just updated; statistics on every update
+            q = self.critic.min_q(batch.next_obs, drawn.action)
+            mean, std = self.q_stats.mean.clone(), self.q_stats.std.clone()
+            self.q_stats.update(q)
+        metrics["q_run_mean"] = self.q_stats.mean.clone()
+        return metrics, DPMDReuse(drawn, q, mean, std)
+
+    def policy_loss(self, next_obs: torch.Tensor, reuse: DPMDReuse) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sched, lam, cfg = self.policy.sched, self.alpha, self.cfg
+        if cfg.dpmd_weights == "softmax":
+            cand, q = reuse.drawn.particles, reuse.drawn.q_particles  # [B, N, A], [B, N]
             B, N, A = cand.shape
             t = torch.randint(0, sched.T, (B, N), device=next_obs.device)
             eps = torch.randn_like(cand)
             a_t = q_sample(sched, cand, t, eps)
             s = next_obs.unsqueeze(1).expand(-1, N, -1)
             eps_pred = self.policy.eps_net(a_t, s, t)
-            return self.ops.sm_loss(eps_pred, eps, q / lam), {"w_max": torch.softmax(q / lam, -1).max() * N}
-        a0 = drawn.action
-        with torch.no_grad():  # Q of the (noisy) a' under the critic just updated
-            q = self.critic.min_q(next_obs, a0)
-        w = dpmd_weights(q, lam, self.q_stats.mean, self.q_stats.std, self.cfg.q_clip, self.cfg.public_code_norm)
-        self.q_stats.update(q)  # after use: the weights of this batch use the statistics of earlier batches
+            logits = normalize_q(q, reuse.mean, reuse.std, cfg.public_code_norm).clamp(-cfg.q_clip, cfg.q_clip) / lam
+            return self.ops.sm_loss(eps_pred, eps, logits), {"w_max": torch.softmax(logits, -1).max() * N}
+        a0 = reuse.drawn.action
+        w = dpmd_weights(reuse.q, lam, reuse.mean, reuse.std, cfg.q_clip, cfg.public_code_norm)
         t = torch.randint(0, sched.T, (a0.shape[0],), device=next_obs.device)
         eps = torch.randn_like(a0)
         eps_pred = self.policy.eps_net(q_sample(sched, a0, t, eps), next_obs, t)
-        return dpmd_loss(eps_pred, eps, w), {"w_mean": w.mean(), "q_run_mean": self.q_stats.mean.clone()}
+        return dpmd_loss(eps_pred, eps, w), {"w_mean": w.mean(), "w_std": w.std()}
 
     def extra_state(self) -> dict:
         return {"q_stats": self.q_stats.state_dict()}

@@ -8,7 +8,7 @@ from ..backend import Ops
 from ..config import Config
 from ..losses import sac_actor_loss, sac_alpha_loss, sac_target
 from ..nets import GaussianActor
-from .base import Agent, log_alpha_param, make_adam, no_param_grads
+from .base import Agent, Parts, log_alpha_param, make_adam, no_param_grads
 
 
 class SAC(Agent):
@@ -44,6 +44,14 @@ class SAC(Agent):
         loss_a.backward()
         self.opt_alpha.step()
         return {"loss_pi": loss.detach(), "loss_alpha": loss_a.detach(), "entropy": -logp.detach().mean()}
+
+    def parts_for(self, updates: int, policy_updates: int) -> Parts:
+        """The authors' SAC baseline updates the actor, α and the targets on every gradient update
+        (sac_policy_delay = 1); a delay > 1 gives the TD3-style variant."""
+        return ("critic", "policy") if (updates + 1) % self.cfg.sac_policy_delay == 0 else ("critic",)
+
+    def schedule_period(self) -> int:
+        return self.cfg.sac_policy_delay
 
     def alpha_step(self) -> dict[str, torch.Tensor]:
         return {}  # SAC tunes α with every policy step
