@@ -56,11 +56,14 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return target
 
 
-def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+def make_adam(params, lr: float, device: torch.device, compiled: bool = False) -> torch.optim.Adam:
     # On CUDA the learning rate is a device tensor and the optimiser capturable, so that a captured update
-    # graph sees schedule changes (written in place) without re-capture.
+    # graph sees schedule changes (written in place) without re-capture. Compiled on a CPU, the lr is a tensor
+    # too (a float would be a guard: every schedule change would recompile) and Adam is fused (one kernel).
     if device.type == "cuda":
         return torch.optim.Adam(params, lr=torch.tensor(lr, device=device), capturable=True)
+    if compiled:
+        return torch.optim.Adam(params, lr=torch.tensor(lr), fused=True)
     return torch.optim.Adam(params, lr=lr)
 
 
@@ -91,7 +94,8 @@ class Agent(nn.Module):
         self.ops = ops  # the hot paths of the chosen backend (fastrsm.backend.make_ops), given by the caller
         self.critic = TwinQ(obs_dim, act_dim, cfg.hidden, cfg.layers).to(device)
         self.critic_target = frozen_copy(self.critic)
-        self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device)
+        self.compiled = ops.backend == "compile"  # whole-function torch.compile (fastrsm.compiled)
+        self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device, self.compiled)
         self.updates = 0  # gradient (critic) updates so far
         self.policy_updates = 0
 

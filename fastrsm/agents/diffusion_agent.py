@@ -31,9 +31,9 @@ class DiffusionAgent(Agent):
         self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
                                       cfg.schedule, cfg.beta_scale).to(device)
         self.policy_ema = frozen_copy(self.policy)  # acts and evaluates (SPEC §3)
-        self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device)
+        self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device, self.compiled)
         self.log_alpha = log_alpha_param(cfg.alpha_init, device)
-        self.opt_alpha = make_adam([self.log_alpha], cfg.lr_alpha, device)
+        self.opt_alpha = make_adam([self.log_alpha], cfg.lr_alpha, device, self.compiled)
         self.target_entropy = cfg.target_entropy_per_dim * act_dim
 
     @torch.no_grad()

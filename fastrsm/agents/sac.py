@@ -17,9 +17,9 @@ class SAC(Agent):
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
         super().__init__(obs_dim, act_dim, cfg, device, ops)
         self.actor = GaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers).to(device)
-        self.opt_pi = make_adam(self.actor.parameters(), cfg.lr_policy, device)
+        self.opt_pi = make_adam(self.actor.parameters(), cfg.lr_policy, device, self.compiled)
         self.log_alpha = log_alpha_param(cfg.sac_alpha_init, device)
-        self.opt_alpha = make_adam([self.log_alpha], cfg.lr_sac_alpha, device)
+        self.opt_alpha = make_adam([self.log_alpha], cfg.lr_sac_alpha, device, self.compiled)
         self.target_entropy = -float(act_dim)
 
     @torch.no_grad()
