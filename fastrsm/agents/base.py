@@ -92,7 +92,8 @@ class Agent(nn.Module):
         super().__init__()
         self.obs_dim, self.act_dim, self.cfg, self.device = obs_dim, act_dim, cfg, device
         self.ops = ops  # the hot paths of the chosen backend (fastrsm.backend.make_ops), given by the caller
-        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden, cfg.layers).to(device)
+        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden, cfg.critic_layers or cfg.layers,
+                            activation=cfg.critic_activation).to(device)
         self.critic_target = frozen_copy(self.critic)
         self.compiled = ops.backend == "compile"  # whole-function torch.compile (fastrsm.compiled)
         self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device, self.compiled)
@@ -121,11 +122,12 @@ class Agent(nn.Module):
     def parts_for(self, updates: int, policy_updates: int) -> Parts:
         """The parts of the update that follows `updates` updates, of which `policy_updates` ran the policy:
         the policy (with the EMA and critic targets) every `policy_delay` updates, the temperature every
-        `alpha_every` gradient updates (the authors test `step % 250` on their update counter)."""
+        `alpha_every` gradient updates (the authors test `step % 250` on their update counter; never with a
+        fixed temperature, `learn_alpha` false)."""
         parts: Parts = ("critic",)
         if (updates + 1) % self.cfg.policy_delay == 0:
             parts += ("policy",)
-        if (updates + 1) % self.cfg.alpha_every == 0:
+        if self.cfg.learn_alpha and (updates + 1) % self.cfg.alpha_every == 0:
             parts += ("alpha",)
         return parts
 
