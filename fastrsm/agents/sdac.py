@@ -18,14 +18,14 @@ class SDAC(DiffusionAgent):
 
     def policy_loss(self, next_obs: torch.Tensor, drawn: NextActions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sched, K = self.policy.sched, self.cfg.reverse_samples
-        a = drawn.action
-        B = a.shape[0]
-        t = torch.randint(0, sched.T, (B,), device=next_obs.device)
+        a = drawn.action  # [B, A] (seeds: [S, B, A] here and a leading S below)
+        t = torch.randint(0, sched.T, a.shape[:-1], device=next_obs.device)
         a_t = q_sample(sched, a, t, torch.randn_like(a))
         with torch.no_grad():
             a0k, eps_k = sdac_reverse_samples(sched, a_t, t, K)
-            q = self.critic.min_q(next_obs.unsqueeze(1).expand(-1, K, -1), a0k)  # [B, K]
-            logits = q * (self.cfg.sdac_q_scale / self.alpha)
+            q = self.critic.min_q(next_obs.unsqueeze(-2).expand(*next_obs.shape[:-1], K, next_obs.shape[-1]),
+                                  a0k)  # [B, K]
+            logits = q * self.per_seed(self.cfg.sdac_q_scale / self.alpha, q)
         eps_pred = self.policy.eps_net(a_t, next_obs, t)
-        loss = self.ops.sm_loss(eps_pred, eps_k, logits)
-        return loss, {"w_max": torch.softmax(logits, -1).max(-1).values.mean()}
+        loss = self.sm_loss(eps_pred, eps_k, logits)
+        return loss, {"w_max": torch.softmax(logits, -1).max(-1).values.mean(-1)}

@@ -1,0 +1,179 @@
+"""Many seeds in one agent (fastrsm.seeds): each seed's slice of the batched update is the single-seed update, and
+nothing crosses seeds.
+
+Equivalence: two single agents a, b and the 2-seed agent holding their weights are fed the same batches and the
+same random numbers (a tape records every torch.randn / randn_like / randint draw of a's and b's updates, and
+serves their stack to the 2-seed agent, whose draws are [S, *single shape]). Tolerance: fp32, rtol 1e-5 and
+atol 1e-6 after three updates: the batched matmuls (baddbmm) sum in another order than nn.Linear's addmm, so
+bitwise equality is not expected, only rounding-level agreement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastrsm.agents import make_agent
+from fastrsm.backend import make_ops
+from fastrsm.config import make_config
+from fastrsm.replay import Batch
+from fastrsm.seeds import load_seeds, parse_seeds, seed_checkpoint, stack_checkpoints
+
+OBS, ACT = 5, 3
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def _cfg(algo: str, **over):
+    return make_config("smoke", {"algo": algo, "hidden": 16, "particles": 5, "diffusion_steps": 3,
+                                 "reverse_samples": 7, "batch_size": 9, "policy_delay": 1, "alpha_every": 1, **over})
+
+
+def _batch(gen: torch.Generator, B: int = 9) -> Batch:
+    return Batch(torch.randn(B, OBS, generator=gen), torch.rand(B, ACT, generator=gen) * 2 - 1,
+                 torch.randn(B, generator=gen), torch.randn(B, OBS, generator=gen),
+                 (torch.rand(B, generator=gen) < 0.2).float())
+
+
+def _stack_batches(batches: list[Batch]) -> Batch:
+    return Batch(*(torch.stack(x) for x in zip(*batches)))
+
+
+class Tape:
+    """Records the random draws of single agents; replays their stack (leading seed axis) to a batched agent."""
+
+    def __init__(self, monkeypatch):
+        self.real = {n: getattr(torch, n) for n in ("randn", "randn_like", "randint")}
+        self.tapes: list[list[torch.Tensor]] = []
+        self.mode = "off"
+        for name in self.real:
+            monkeypatch.setattr(torch, name, self._make(name))
+
+    def record(self) -> None:
+        self.tapes.append([])
+        self.mode = "record"
+
+    def replay(self) -> None:
+        self.mode, self.pos = "replay", 0
+
+    def _make(self, name):
+        real = self.real[name]
+
+        def fn(*args, **kw):
+            out = real(*args, **kw)
+            if self.mode == "record":
+                self.tapes[-1].append(out.clone())
+            elif self.mode == "replay":
+                parts = [t[self.pos] for t in self.tapes]
+                self.pos += 1
+                want = torch.stack(parts)
+                assert out.shape == want.shape, (name, out.shape, want.shape)
+                out = want.to(out.dtype)
+            return out
+
+        return fn
+
+
+def _singles_and_group(algo: str, backend: str = "torch", **over):
+    cfg = _cfg(algo, **over)
+    ops = make_ops(backend, "cpu")
+    singles = []
+    for s in range(2):
+        torch.manual_seed(100 + s)
+        singles.append(make_agent(algo, OBS, ACT, cfg, torch.device("cpu"), ops))
+    group = make_agent(algo, OBS, ACT, cfg, torch.device("cpu"), ops, seeds=2)
+    load_seeds(group, [a.checkpoint() for a in singles])
+    return singles, group
+
+
+def _assert_tree_close(got, want, exact: bool = False, path: str = ""):
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), path
+        for k in want:
+            _assert_tree_close(got[k], want[k], exact, f"{path}/{k}")
+    elif isinstance(want, (list, tuple)):
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_tree_close(g, w, exact, f"{path}/{i}")
+    elif torch.is_tensor(want):
+        if exact:
+            assert torch.equal(got, want), path
+        else:
+            torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL, msg=path)
+    else:
+        assert got == want, path
+
+
+CASES = [("dpmd", {}), ("dpmd", {"dpmd_weights": "softmax"}), ("sdac", {}), ("sac", {})]
+
+
+@pytest.mark.parametrize("algo, over", CASES)
+def test_each_seed_of_the_batched_update_is_its_single_update(monkeypatch, algo, over):
+    singles, group = _singles_and_group(algo, **over)
+    gen = torch.Generator().manual_seed(7)
+    tape = Tape(monkeypatch)
+    for _ in range(3):
+        batches = [_batch(gen) for _ in singles]
+        tape.tapes = []
+        metrics = []
+        for agent, batch in zip(singles, batches):
+            tape.record()
+            metrics.append(agent.update(batch))
+        tape.replay()
+        m = group.update(_stack_batches(batches))
+        assert tape.pos == len(tape.tapes[0])  # the batched update drew exactly what each single one drew
+        tape.mode = "off"
+        assert m.keys() == metrics[0].keys()
+        for k in m:  # every metric is per seed: [S]
+            torch.testing.assert_close(m[k], torch.stack([mm[k] for mm in metrics]), rtol=1e-4, atol=1e-5, msg=k)
+    for s, agent in enumerate(singles):
+        _assert_tree_close(seed_checkpoint(group, s), agent.checkpoint())
+    # acting: the same obs and noise give the same actions, [S, B, A]
+    obs = [torch.randn(4, OBS) for _ in singles]
+    tape.tapes = []
+    acts = []
+    for agent, o in zip(singles, obs):
+        tape.record()
+        acts.append(agent.act(o))
+    tape.replay()
+    got = group.act(torch.stack(obs))
+    tape.mode = "off"
+    torch.testing.assert_close(got, torch.stack(acts), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("algo, over", CASES)
+def test_perturbing_one_seed_changes_no_other_seed_bit_for_bit(algo, over):
+    _, g1 = _singles_and_group(algo, **over)
+    _, g2 = _singles_and_group(algo, **over)
+    gen = torch.Generator().manual_seed(3)
+    for step in range(3):
+        a, b = _batch(gen), _batch(gen)
+        a2 = Batch(*(x + 0.5 if x.is_floating_point() and i != 4 else x for i, x in enumerate(a)))
+        torch.manual_seed(step)
+        g1.update(_stack_batches([a, b]))
+        torch.manual_seed(step)
+        g2.update(_stack_batches([a2, b]))
+    _assert_tree_close(seed_checkpoint(g2, 1), seed_checkpoint(g1, 1), exact=True)
+    with pytest.raises(AssertionError):  # ...while seed a did change
+        _assert_tree_close(seed_checkpoint(g2, 0), seed_checkpoint(g1, 0), exact=True)
+
+
+def test_group_checkpoint_round_trips_through_seed_checkpoints():
+    singles, group = _singles_and_group("dpmd")
+    gen = torch.Generator().manual_seed(1)
+    group.update(_stack_batches([_batch(gen), _batch(gen)]))
+    ck = group.checkpoint()
+    again = stack_checkpoints([seed_checkpoint(group, s) for s in range(2)])
+    _assert_tree_close(again, ck, exact=True)
+    singles[1].restore(seed_checkpoint(group, 1))  # an ordinary checkpoint: a single agent loads it
+    assert torch.equal(singles[1].log_alpha, group.log_alpha[1])
+
+
+@pytest.mark.parametrize("text, seeds", [("0-4", [0, 1, 2, 3, 4]), ("0,3,7", [0, 3, 7]), ("2", [2]),
+                                         ("0-1, 5", [0, 1, 5])])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", " ", "a", "0-", "3-1", "1,,2", "0,1,1", "0-2,2", "-1", "1.5"])
+def test_parse_seeds_refuses_bad_input(text):
+    from fastrsm.config import ConfigError
+    with pytest.raises(ConfigError):
+        parse_seeds(text)
