@@ -252,7 +252,4 @@ def check_run(cfg: Config, seeds: int = 1) -> tuple[int, int]:
     obs_dim, act_dim = probe.obs_dim, probe.act_dim
     probe.close()
     check_replay_fits(cfg, obs_dim, act_dim, device, seeds)
-    if seeds > 1 and backend == "triton":
-        raise UsageError("--seeds with the triton backend is not supported yet (its fused chain has no seed axis);"
-                         " use --backend torch or compile")
     return obs_dim, act_dim
