@@ -46,7 +46,7 @@ def test_group_run_writes_one_ordinary_run_dir_per_seed(tmp_path, capsys):
     a1 = load_checkpoint(str(g / "seed_5" / "checkpoints" / "latest.pt"))["agent"]["modules"]
     assert not torch.equal(a0["critic.linears.0.weight"], a1["critic.linears.0.weight"])
     capsys.readouterr()
-    assert plot_main([str(g), "--table", "csv"]) == 0
+    assert plot_main([str(g), "--table-format", "csv", "--out", str(tmp_path / "p.png")]) == 0
     out = capsys.readouterr().out
     assert "InvertedPendulum-v4" in out and "2" in out
     from fastrsm.evaluate import main as eval_main
