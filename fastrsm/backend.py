@@ -144,21 +144,14 @@ def make_ops(backend: str, device: torch.device | str, chain_precision: str = "f
     from .kernels import fused_best_of_n, fused_chain, fused_weighted_sm_loss
 
     def triton_chain(eps_net, sched, s, x_T, noise=None):
-        if getattr(eps_net, "seeds", None) is None:
-            return fused_chain(eps_net, sched, s, x_T, noise, precision=chain_precision)
-        # a stacked (S-seed) network: for now one launch per seed (the kernel has no seed grid axis yet)
-        return torch.stack([fused_chain(eps_net.seed_view(k), sched, s[k], x_T[k],
-                                        None if noise is None else noise[:, k], precision=chain_precision)
-                            for k in range(eps_net.seeds)])
+        # a stacked (S-seed) network runs as one launch with the seed as a grid axis
+        return fused_chain(eps_net, sched, s, x_T, noise, precision=chain_precision)
 
     if chain_noise == "kernel":
         def sample(eps_net, sched, s, particles):
             # x_T and every step's noise drawn in-kernel (Philox), the seed from torch's generator on the device
-            if getattr(eps_net, "seeds", None) is not None:  # one launch per seed, each its own Philox seed
-                return torch.stack([sample(eps_net.seed_view(k), sched, s[k], particles)
-                                    for k in range(eps_net.seeds)])
             out = fused_chain(eps_net, sched, s, None, None, particles=particles, precision=chain_precision)
-            return out.reshape(s.shape[0], particles, eps_net.act_dim)
+            return out.reshape(*s.shape[:-2], s.shape[-2], particles, eps_net.act_dim)
     else:
         sample = _sampler(triton_chain)
     return Ops(name, triton_chain, sample, fused_weighted_sm_loss, fused_best_of_n, chain_noise, chain_precision)

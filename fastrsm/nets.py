@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -86,39 +85,6 @@ class EpsilonNet(nn.Module):
     def hidden_linears(self) -> list[nn.Linear]:
         """The Linear layers after the first one (hidden ... output), in order."""
         return [m for m in list(self.body)[1:] if isinstance(m, (nn.Linear, SeedLinear))]
-
-    def seed_view(self, s: int) -> SeedEpsView:
-        """Seed s of a stacked network, with the single network's interface of the fused chain (kernels/chain.py
-        reads `first_layer_parts`, `hidden_linears`, `time_features`, `body`, `act_dim`, `hidden`)."""
-        if self.seeds is None:
-            raise ValueError("seed_view needs a network built with seeds=S")
-        return SeedEpsView(self, s)
-
-
-class _SeedLinearView(NamedTuple):
-    weight: torch.Tensor
-    bias: torch.Tensor
-
-
-class SeedEpsView:
-    """A read-only view of seed s of a stacked EpsilonNet (slices of its parameters, no copies)."""
-
-    def __init__(self, net: EpsilonNet, s: int):
-        self.net, self.s = net, s
-        self.act_dim, self.hidden, self.obs_dim, self.time_dim = net.act_dim, net.hidden, net.obs_dim, net.time_dim
-        self.body = [m for m in net.body if not isinstance(m, SeedLinear)]  # the activations only
-
-    def first_layer_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tuple(p[self.s] for p in self.net.first_layer_parts())
-
-    def hidden_linears(self) -> list[_SeedLinearView]:
-        return [_SeedLinearView(m.weight[self.s], m.bias[self.s]) for m in self.net.hidden_linears()]
-
-    def time_features(self, t: torch.Tensor) -> torch.Tensor:
-        h = sinusoidal_embedding(t, self.time_dim)
-        for m in self.net.time_mlp:
-            h = F.linear(h, m.weight[self.s], m.bias[self.s]) if isinstance(m, SeedLinear) else m(h)
-        return h
 
 
 class EnsembleLinear(nn.Module):

@@ -66,13 +66,6 @@ class DiffusionAgent(Agent):
         drawn = self.best_of_n(self.policy, next_obs, self.cfg.explore_std * self.alpha)
         return self.critic_target.min_q(next_obs, drawn.action), drawn
 
-    def sm_loss(self, eps_pred: torch.Tensor, eps_targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The backend's weighted score-matching loss; per seed ([S]) with a seed axis. The reference (torch,
-        compile) takes the seed axis as it is; the fused kernel is called once per seed."""
-        if self.seeds is None or self.ops.backend not in ("triton",):
-            return self.ops.sm_loss(eps_pred, eps_targets, logits)
-        return torch.stack([self.ops.sm_loss(p, e, lg) for p, e, lg in zip(eps_pred, eps_targets, logits)])
-
     def policy_loss(self, next_obs: torch.Tensor, reuse: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The policy loss at s' given what the critic step drew there (`NextActions`, or a subclass's own)."""
         raise NotImplementedError

@@ -82,7 +82,7 @@ class DPMD(DiffusionAgent):
             eps_pred = self.policy.eps_net(a_t, s, t)
             logits = normalize_q(q, mean, std, cfg.public_code_norm).clamp(-cfg.q_clip, cfg.q_clip) / lam
             w_max = torch.softmax(logits, -1).flatten(-2).max(-1).values * N
-            return self.sm_loss(eps_pred, eps, logits), {"w_max": w_max}
+            return self.ops.sm_loss(eps_pred, eps, logits), {"w_max": w_max}
         a0 = reuse.drawn.action
         lam, mean, std = (x if self.seeds is None else x.squeeze(-1) for x in (lam, mean, std))  # against [S, B]
         w = dpmd_weights(reuse.q, lam, mean, std, cfg.q_clip, cfg.public_code_norm)

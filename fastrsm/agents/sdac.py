@@ -27,5 +27,5 @@ class SDAC(DiffusionAgent):
                                   a0k)  # [B, K]
             logits = q * self.per_seed(self.cfg.sdac_q_scale / self.alpha, q)
         eps_pred = self.policy.eps_net(a_t, next_obs, t)
-        loss = self.sm_loss(eps_pred, eps_k, logits)
+        loss = self.ops.sm_loss(eps_pred, eps_k, logits)
         return loss, {"w_max": torch.softmax(logits, -1).max(-1).values.mean(-1)}
