@@ -183,7 +183,7 @@ def train_group(cfg: Config, seeds: list[int], group_dir: str, resume: bool = Fa
         os.makedirs(group_dir, exist_ok=True)
         for log, c in zip(logs, cfgs):
             log.create({**c.to_dict(), "backend_resolved": backend, "group": os.path.abspath(group_dir),
-                        "group_seeds": seeds}, device, argv)
+                        "group_seeds": seeds}, device, argv, env=envs.blocks[0].describe())
         atomic_write_json(os.path.join(group_dir, GROUP_FILE), {"seeds": seeds, "config": cfg.to_dict(),
                                                                 "argv": list(argv or [])})
 

@@ -76,10 +76,12 @@ class RunLog:
         self._tb = None
 
     # ---- creation
-    def create(self, config: dict, device: torch.device, argv: list[str] | None) -> None:
+    def create(self, config: dict, device: torch.device, argv: list[str] | None, env: dict | None = None) -> None:
+        """`env`: the task's shapes and action bounds (what a deployed policy needs without making the env)."""
         os.makedirs(self.ckpt_dir, exist_ok=True)
         atomic_write_json(os.path.join(self.path, "config.json"), {
             "config": config,
+            "env": env,
             "versions": package_versions(),
             "device": device_description(device),
             "argv": list(sys.argv if argv is None else argv),

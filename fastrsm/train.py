@@ -126,7 +126,7 @@ def train(cfg: Config, run_dir: str, resume: bool = False, argv: list[str] | Non
         envs = make_vec_env(cfg.env_id, cfg.num_envs, env_seed(cfg, st.segment), cfg.env_backend)
         log.tensorboard(purge_step=st.env_steps)
     else:
-        log.create({**cfg.to_dict(), "backend_resolved": backend}, device, argv)
+        log.create({**cfg.to_dict(), "backend_resolved": backend}, device, argv, env=envs.describe())
 
     def checkpoint() -> None:
         state = {"agent": agent.checkpoint(), "replay": rb.state_dict() if cfg.save_replay else None,
