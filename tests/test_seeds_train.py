@@ -51,6 +51,10 @@ def test_group_run_writes_one_ordinary_run_dir_per_seed(tmp_path, capsys):
     assert "InvertedPendulum-v4" in out and "2" in out
     from fastrsm.evaluate import main as eval_main
     assert eval_main([str(g / "seed_5"), "--episodes", "2", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert eval_main([str(g), "--episodes", "2", "--device", "cpu"]) == 0  # the group: every seed, then mean ± std
+    assert "group of 2 seeds" in capsys.readouterr().out
+    assert (g / "seed_3" / "reeval.json").is_file()
 
 
 def test_seed_blocks_are_seeded_as_their_single_runs():
