@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--burn-in", type=int, default=50)
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    # read now: the code being timed is what was imported at start, whatever HEAD is when the run ends
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     torch.set_num_threads(1)
     cfg = make_config("smoke", {"env_id": args.env, "algo": args.algo, "buffer_size": 20_000})
     S = args.seeds
@@ -113,8 +115,7 @@ def main() -> None:
         "ratio": t_singles / t_group, "round_ratios": ratios,
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} torch thread(s)",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": commit,
         "load_avg": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(out, indent=1))
