@@ -95,10 +95,16 @@ def check_chain_options(backend: str, device: torch.device | str, chain_noise: s
         raise BackendError("--chain-precision bf16 needs CUDA (the Triton interpreter has no bf16 matmul)")
 
 
-def draw_chain_inputs(rows: int, T: int, A: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_T ~ 0.5·N(0, I) [rows, A] and the per-step noise [T, rows, A], from torch's generator."""
-    x_T = 0.5 * torch.randn(rows, A, device=device)
-    noise = torch.randn(T, rows, A, device=device)
+def draw_chain_inputs(rows: int, T: int, A: int, device: torch.device, seeds: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_T ~ 0.5·N(0, I) [rows, A] and the per-step noise [T, rows, A], from torch's generator. With `seeds`:
+    [S, rows, A] and [T, S, rows, A], drawn as [S, ...] so that seed s's slice has a single run's shape."""
+    if seeds is None:
+        x_T = 0.5 * torch.randn(rows, A, device=device)
+        noise = torch.randn(T, rows, A, device=device)
+        return x_T, noise
+    x_T = 0.5 * torch.randn(seeds, rows, A, device=device)
+    noise = torch.randn(seeds, T, rows, A, device=device).transpose(0, 1)
     return x_T, noise
 
 
@@ -125,9 +131,11 @@ def _sampler(chain: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """sample() on top of a chain that takes its noise: draw it with torch, run the chain, shape [B, N, A]."""
 
     def sample(eps_net, sched, s: torch.Tensor, particles: int) -> torch.Tensor:
-        B, A = s.shape[0], eps_net.act_dim
-        x_T, noise = draw_chain_inputs(B * particles, sched.T, A, s.device)
-        return chain(eps_net, sched, s, x_T, noise).reshape(B, particles, A)
+        # s [B, S_dim] -> [B, N, A]; with a leading seed axis (stacked eps_net) s [S, B, S_dim] -> [S, B, N, A]
+        B, A = s.shape[-2], eps_net.act_dim
+        seeds = s.shape[0] if s.dim() == 3 else None
+        x_T, noise = draw_chain_inputs(B * particles, sched.T, A, s.device, seeds)
+        return chain(eps_net, sched, s, x_T, noise).reshape(*s.shape[:-2], B, particles, A)
 
     return sample
 
@@ -152,13 +160,14 @@ def make_ops(backend: str, device: torch.device | str, chain_precision: str = "f
     from .kernels import fused_best_of_n, fused_chain, fused_weighted_sm_loss
 
     def triton_chain(eps_net, sched, s, x_T, noise=None):
+        # a stacked (S-seed) network runs as one launch with the seed as a grid axis
         return fused_chain(eps_net, sched, s, x_T, noise, precision=chain_precision)
 
     if chain_noise == "kernel":
         def sample(eps_net, sched, s, particles):
             # x_T and every step's noise drawn in-kernel (Philox), the seed from torch's generator on the device
             out = fused_chain(eps_net, sched, s, None, None, particles=particles, precision=chain_precision)
-            return out.reshape(s.shape[0], particles, eps_net.act_dim)
+            return out.reshape(*s.shape[:-2], s.shape[-2], particles, eps_net.act_dim)
     else:
         sample = _sampler(triton_chain)
     return Ops(name, triton_chain, sample, fused_weighted_sm_loss, fused_best_of_n, chain_noise, chain_precision)

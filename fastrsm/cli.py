@@ -9,6 +9,7 @@ Exit codes: 0 finished; 2 bad input (nothing written); 3 diverged (NaN/inf; the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -72,6 +73,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                                                "(default Ant-v4)")
     p.add_argument("--algo", default=None, help=f"{', '.join(AGENTS)} (default dpmd)")
     p.add_argument("--seed", default=None, help="random seed (default 0)")
+    p.add_argument("--seeds", default=None, metavar="LIST", help="train several independent seeds in one process, "
+                   "e.g. 0-4 or 0,3,7 (one run directory per seed under a group directory; not with --seed)")
     p.add_argument("--total-steps", default=None, help="environment steps (default: the preset's)")
     p.add_argument("--num-envs", default=None, help="vectorised environments")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
@@ -158,11 +161,13 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
-def check_replay_fits(cfg: Config, obs_dim: int, act_dim: int, device: torch.device) -> None:
-    need, free = replay_bytes(cfg, obs_dim, act_dim), available_memory(device)
+def check_replay_fits(cfg: Config, obs_dim: int, act_dim: int, device: torch.device, seeds: int = 1) -> None:
+    """`seeds` seeds in one process hold `seeds` buffers: S × the single-seed bytes."""
+    need, free = seeds * replay_bytes(cfg, obs_dim, act_dim), available_memory(device)
     if free is not None and need > free:
-        raise UsageError(f"the replay buffer needs {need / 2**30:.1f} GiB ({cfg.buffer_size} transitions of "
-                         f"{cfg.env_id}) but {device.type} has {free / 2**30:.1f} GiB available; lower "
+        per = f" for {seeds} seeds" if seeds > 1 else ""
+        raise UsageError(f"the replay buffer{per} needs {need / 2**30:.1f} GiB ({cfg.buffer_size} transitions of "
+                         f"{cfg.env_id} per seed) but {device.type} has {free / 2**30:.1f} GiB available; lower "
                          f"--buffer-size (at most about {int(cfg.buffer_size * free / need):d} here)")
 
 
@@ -174,12 +179,16 @@ class TrainPlan:
     run_dir: str
     ckpt: dict | None  # the checkpoint to resume from (already loaded and checked)
     progress: bool
+    seeds: list[int] | None = None  # --seeds: a group of seeds in one process (fastrsm.group); run_dir is the group's
+    resume_group: bool = False
 
 
 def prepare_train(argv: Sequence[str] | None) -> TrainPlan:
     """Parse and validate everything before a single file is written."""
     args = build_train_parser().parse_args(argv)
     overrides = _overrides(args)
+    if args.seeds is not None or (args.resume and os.path.isfile(os.path.join(args.resume, "group.json"))):
+        return _prepare_group(args, overrides)
     if args.resume:
         run_dir = args.resume
         if not os.path.isfile(os.path.join(run_dir, "config.json")):
@@ -202,7 +211,39 @@ def prepare_train(argv: Sequence[str] | None) -> TrainPlan:
     return TrainPlan(cfg, run_dir, ckpt, not args.quiet)
 
 
-def check_run(cfg: Config) -> tuple[int, int]:
+def _prepare_group(args: argparse.Namespace, overrides: dict[str, Any]) -> TrainPlan:
+    """`--seeds LIST` (a new group) or `--resume GROUP_DIR`; validated before anything is written."""
+    from .seeds import parse_seeds
+
+    if args.seeds is not None and args.seed is not None:
+        raise UsageError("--seeds and --seed both given: --seeds LIST trains several seeds, --seed N one")
+    if args.resume:
+        if args.seeds is not None:
+            raise UsageError("--seeds with --resume: a group resumes with the seeds it was started with")
+        try:
+            with open(os.path.join(args.resume, "group.json"), encoding="utf-8") as f:
+                saved_group = json.load(f)
+            seeds, saved = list(saved_group["seeds"]), saved_group["config"]
+        except (OSError, ValueError, KeyError) as e:
+            raise UsageError(f"--resume {args.resume}: group.json is unreadable ({e})") from None
+        cfg = make_config("paper", {**{k: v for k, v in saved.items() if k in field_names()}, **overrides})
+        for s in seeds:
+            path = os.path.join(args.resume, f"seed_{s}", "checkpoints", "latest.pt")
+            if not os.path.isfile(path):
+                raise UsageError(f"--resume {args.resume}: seed {s} has no checkpoint ({path})")
+        group_dir = args.resume
+    else:
+        seeds = parse_seeds(args.seeds)
+        cfg = make_config(args.preset, {**overrides, "seed": seeds[0]})
+        spec = args.seeds.replace(",", "_").replace(" ", "")
+        group_dir = args.run_dir or os.path.join("runs", f"{cfg.env_id}__{cfg.algo}__seeds{spec}__"
+                                                          f"{time.strftime('%Y%m%d-%H%M%S')}")
+        check_new_run_dir(group_dir)
+    check_run(cfg, seeds=len(seeds))
+    return TrainPlan(cfg, group_dir, None, not args.quiet, seeds=seeds, resume_group=bool(args.resume))
+
+
+def check_run(cfg: Config, seeds: int = 1) -> tuple[int, int]:
     """What a valid config still may not do here: the env (made once, its spaces checked), the device, the
     backend and chain settings, the replay's memory. Returns the env's (obs_dim, act_dim)."""
     check_algo(cfg.algo)
@@ -212,5 +253,5 @@ def check_run(cfg: Config) -> tuple[int, int]:
     probe = make_vec_env(cfg.env_id, 1, 0, cfg.env_backend)  # raises EnvIdError on an unknown id or bad spaces
     obs_dim, act_dim = probe.obs_dim, probe.act_dim
     probe.close()
-    check_replay_fits(cfg, obs_dim, act_dim, device)
+    check_replay_fits(cfg, obs_dim, act_dim, device, seeds)
     return obs_dim, act_dim

@@ -92,10 +92,10 @@ class DiffusionPolicy(nn.Module):
     """π_θ(a|s) as a T-step DDPM over actions in [-1, 1]^A, with ε-prediction."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, time_dim: int = 16,
-                 T: int = 20, schedule: str = "linear", beta_scale: float = 0.8):
+                 T: int = 20, schedule: str = "linear", beta_scale: float = 0.8, seeds: int | None = None):
         super().__init__()
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.eps_net = EpsilonNet(obs_dim, act_dim, hidden, layers, time_dim)
+        self.eps_net = EpsilonNet(obs_dim, act_dim, hidden, layers, time_dim, seeds)
         self.schedule_kind, self.beta_scale = schedule, beta_scale
         self.sched = Schedule.build(schedule, T, beta_scale)
         # Registered so that .to(device) and state_dict carry them.

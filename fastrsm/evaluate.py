@@ -5,6 +5,8 @@ the deterministic policy: best-of-N from the EMA diffusion policy without added 
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import sys
 
@@ -44,6 +46,21 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
+    group = os.path.join(args.run_dir, "group.json")
+    if os.path.isfile(group):  # a --seeds group: every seed's run directory, then mean ± std over seeds
+        with open(group, encoding="utf-8") as f:
+            seeds = json.load(f)["seeds"]
+        means = [_evaluate_run(os.path.join(args.run_dir, f"seed_{s}"), args)["return_mean"] for s in seeds]
+        print(f"group of {len(seeds)} seeds: return {np.mean(means):.1f} ± {np.std(means):.1f} over seeds")
+        return 0
+    _evaluate_run(args.run_dir, args)
+    return 0
+
+
+def _evaluate_run(run_dir: str, args) -> dict:
+    """Evaluate one run directory's checkpoint; writes RUN_DIR/reeval.json and prints one line."""
+    args = copy.copy(args)
+    args.run_dir = run_dir
     policy = load_policy(args.run_dir, args.checkpoint, args.device, args.particles, seed=args.seed)
     cfg = make_config("paper", {k: v for k, v in read_config(args.run_dir)["config"].items() if k in field_names()})
     episodes = args.episodes if args.episodes is not None else cfg.eval_episodes
@@ -64,7 +81,7 @@ def _main(argv: list[str] | None) -> int:
     atomic_write_json(os.path.join(args.run_dir, "reeval.json"), out)
     print(f"{cfg.env_id} {cfg.algo}: return {out['return_mean']:.1f} ± {out['return_std']:.1f} "
           f"over {episodes} episodes ({path})")
-    return 0
+    return out
 
 
 if __name__ == "__main__":

@@ -161,13 +161,20 @@ class GraphedAgent:
                 f"update graphs={sorted(self._updates)}, act graphs={sorted(self._acts)})")
 
     @property
+    def obs_shape(self) -> tuple[int, ...]:
+        """The states act() is captured for: [num_envs, obs_dim], or [S, num_envs, obs_dim] for S seeds."""
+        seeds = getattr(self.agent, "seeds", None)
+        lead = () if seeds is None else (seeds,)
+        return (*lead, self.num_envs, self.agent.obs_dim)
+
+    @property
     def graphed(self) -> bool:
         return self.mode != "eager"
 
     # ------------------------------------------------------------------------------------------ acting
     def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
         """The agent's action for `obs` [num_envs, obs_dim]; other batch sizes run eagerly."""
-        if self.mode == "eager" or tuple(obs.shape) != (self.num_envs, self.agent.obs_dim):
+        if self.mode == "eager" or tuple(obs.shape) != self.obs_shape:
             return self.agent.act(obs, explore)
         static_obs, captured = self._acts.get(explore) or self._capture_act(obs, explore)
         static_obs.copy_(obs)
@@ -202,8 +209,8 @@ class GraphedAgent:
             if parts not in self._updates:
                 self._updates[parts] = self._capture_update(replay, parts)
         if obs is not None and True not in self._acts:
-            if tuple(obs.shape) != (self.num_envs, self.agent.obs_dim):
-                raise ValueError(f"obs must be [{self.num_envs}, {self.agent.obs_dim}], got {tuple(obs.shape)}")
+            if tuple(obs.shape) != self.obs_shape:
+                raise ValueError(f"obs must be {list(self.obs_shape)}, got {tuple(obs.shape)}")
             self._capture_act(obs, explore=True)
 
     # ------------------------------------------------------------------------------------------ internals
@@ -220,7 +227,7 @@ class GraphedAgent:
         self._binding = (replay, [o.state for o in opts], lrs)
 
     def _capture_act(self, obs: torch.Tensor, explore: bool) -> tuple[torch.Tensor, _Captured]:
-        static_obs = torch.empty(self.num_envs, self.agent.obs_dim, device=self.agent.device)
+        static_obs = torch.empty(self.obs_shape, device=self.agent.device)
         static_obs.copy_(obs)  # warm up on real states
         captured = self._capture(lambda: self.agent.act(static_obs, explore), f"act(explore={explore})")
         self._acts[explore] = (static_obs, captured)

@@ -55,7 +55,8 @@ def vector_step(cfg: Config, envs: VecEnv, agent: Any, replay: Any, obs: np.ndar
     E = cfg.num_envs
     with nvtx_range("act"):
         if st.env_steps < cfg.warmup_steps:
-            action = np.random.uniform(-1.0, 1.0, size=(E, envs.act_dim)).astype(np.float32)
+            # envs.num_envs: E, or S × E for S seeds in one process (fastrsm.group); the updates stay E's
+            action = np.random.uniform(-1.0, 1.0, size=(envs.num_envs, envs.act_dim)).astype(np.float32)
         else:
             action = agent.act(torch.as_tensor(obs, device=device), explore=True).cpu().numpy()
     with nvtx_range("env_send"):

@@ -1,7 +1,8 @@
 """The losses of SPEC §4–6, written as the math reads. These are the references: kernels and captured graphs
 must compute the same numbers.
 
-Conventions: ‖·‖² sums over action dimensions; losses average over the batch of states.
+Conventions: ‖·‖² sums over action dimensions; losses average over the batch of states (the last batch axis:
+with a leading seed axis, S agents at once, each loss is [S], every seed's own mean; fastrsm.seeds).
 `weighted_sm_loss`, the core of SDAC and DPMD-softmax, is defined beside its fused kernel
 (kernels/reference.py) and re-exported here.
 """
@@ -44,7 +45,7 @@ def dpmd_weights(q: torch.Tensor, lambda_: torch.Tensor | float, mean: torch.Ten
 
 def dpmd_loss(eps_pred: torch.Tensor, eps: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """L_DPMD = mean_b w_b ‖ε_θ(a_t, s, t) − ε‖²; eps_pred, eps: [B, A], w: [B]."""
-    return (w * ((eps_pred - eps) ** 2).sum(-1)).mean()
+    return (w * ((eps_pred - eps) ** 2).sum(-1)).mean(-1)
 
 
 def sdac_reverse_samples(sched: Schedule, a_t: torch.Tensor, t: torch.Tensor, K: int,
@@ -52,11 +53,11 @@ def sdac_reverse_samples(sched: Schedule, a_t: torch.Tensor, t: torch.Tensor, K:
     """K samples of φ_{0|t}(a_0|a_t) = N(a_t/√ᾱ_t, (1−ᾱ_t)/ᾱ_t I): a_0^k = (a_t − √(1−ᾱ_t) ε^k)/√ᾱ_t, clipped.
 
     a_t: [B, A], t: [B] -> (a0 [B, K, A] in [-1, 1], eps [B, K, A])."""
-    B, A = a_t.shape
-    eps = torch.randn(B, K, A, device=a_t.device, dtype=a_t.dtype) if eps is None else eps
-    c1 = sched.sqrt_1m_abar[t].view(B, 1, 1)
-    c0 = sched.sqrt_abar[t].view(B, 1, 1)
-    a0 = ((a_t.unsqueeze(1) - c1 * eps) / c0).clamp(-1.0, 1.0)
+    A = a_t.shape[-1]
+    eps = torch.randn(*a_t.shape[:-1], K, A, device=a_t.device, dtype=a_t.dtype) if eps is None else eps
+    c1 = sched.sqrt_1m_abar[t][..., None, None]
+    c0 = sched.sqrt_abar[t][..., None, None]
+    a0 = ((a_t.unsqueeze(-2) - c1 * eps) / c0).clamp(-1.0, 1.0)
     return a0, eps
 
 
@@ -65,16 +66,16 @@ def sdac_reverse_samples_truncated(sched: Schedule, a_t: torch.Tensor, t: torch.
     """K samples of φ_{0|t}(a_0|a_t) truncated to the action box [-1, 1] (FlowRL's SDAC), by the inverse CDF,
     instead of clipping (which piles mass on the box's faces); ε^k is the noise that maps a_0^k to a_t.
 
-    a_t: [B, A], t: [B] -> (a0 [B, K, A] in [-1, 1], eps [B, K, A])."""
-    B, A = a_t.shape
-    c1 = sched.sqrt_1m_abar[t].view(B, 1, 1)
-    c0 = sched.sqrt_abar[t].view(B, 1, 1)
-    mu, sd = a_t.unsqueeze(1) / c0, c1 / c0  # φ_{0|t} = N(a_t/√ᾱ, (1−ᾱ)/ᾱ)
+    a_t: [..., B, A], t: [..., B] -> (a0 [..., B, K, A] in [-1, 1], eps [..., B, K, A])."""
+    A = a_t.shape[-1]
+    c1 = sched.sqrt_1m_abar[t][..., None, None]
+    c0 = sched.sqrt_abar[t][..., None, None]
+    mu, sd = a_t.unsqueeze(-2) / c0, c1 / c0  # φ_{0|t} = N(a_t/√ᾱ, (1−ᾱ)/ᾱ)
     lo, hi = torch.special.ndtr((-1.0 - mu) / sd), torch.special.ndtr((1.0 - mu) / sd)
-    u = lo + (hi - lo) * torch.rand(B, K, A, device=a_t.device, dtype=a_t.dtype)
+    u = lo + (hi - lo) * torch.rand(*a_t.shape[:-1], K, A, device=a_t.device, dtype=a_t.dtype)
     z = torch.special.ndtri(u.clamp(1e-7, 1 - 1e-7))
     a0 = (mu + sd * z).clamp(-1.0, 1.0)  # the clamp only guards the float rounding of a far tail
-    eps = (a_t.unsqueeze(1) - c0 * a0) / c1
+    eps = (a_t.unsqueeze(-2) - c0 * a0) / c1
     return a0, eps
 
 
@@ -96,8 +97,9 @@ def td_target(reward: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tens
 
 
 def critic_loss(q_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over the twin critics of the mean squared TD error; q_pred: [2, B], target: [B]."""
-    return ((q_pred - target.unsqueeze(0)) ** 2).mean(-1).sum()
+    """Sum over the twin critics of the mean squared TD error; q_pred: [2, B], target: [B] (seeds: [2, S, B],
+    [S, B] -> [S])."""
+    return ((q_pred - target.unsqueeze(0)) ** 2).mean(-1).sum(0)
 
 
 # ---------------------------------------------------------------- temperature (DPMD / SDAC)
@@ -119,12 +121,12 @@ def alpha_loss(log_alpha: torch.Tensor, entropy: torch.Tensor, target_entropy: f
 
 def sac_actor_loss(q: torch.Tensor, logp: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """E[α log π(a|s) − min Q(s, a)]."""
-    return (alpha.detach() * logp - q).mean()
+    return (alpha.detach() * logp - q).mean(-1)
 
 
 def sac_alpha_loss(log_alpha: torch.Tensor, logp: torch.Tensor, target_entropy: float) -> torch.Tensor:
     """−E[log α · (log π + H_target)]; drives the policy entropy to H_target = −|A|."""
-    return -(log_alpha * (logp.detach() + target_entropy)).mean()
+    return -(log_alpha * (logp.detach() + target_entropy)).mean(-1)
 
 
 def sac_target(next_q: torch.Tensor, next_logp: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

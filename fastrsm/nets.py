@@ -9,14 +9,40 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
+def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, seeds: int | None = None) -> nn.Sequential:
+    """Mish MLP; with `seeds`, S independent copies as SeedLinear layers (input [S, ..., in_dim])."""
+    def linear(i: int, o: int) -> nn.Module:
+        return nn.Linear(i, o) if seeds is None else SeedLinear(seeds, i, o)
+
     mods: list[nn.Module] = []
     d = in_dim
     for _ in range(layers):
-        mods += [nn.Linear(d, hidden), nn.Mish()]
+        mods += [linear(d, hidden), nn.Mish()]
         d = hidden
-    mods.append(nn.Linear(d, out_dim))
+    mods.append(linear(d, out_dim))
     return nn.Sequential(*mods)
+
+
+class SeedLinear(nn.Module):
+    """S independent nn.Linear layers (one per seed) as one batched matmul: x [S, ..., in] -> [S, ..., out].
+
+    Weights are kept in nn.Linear's layout with a leading seed axis (weight [S, out, in], bias [S, out]), so a
+    single run's parameters are exactly the slice [s] of the stacked ones (fastrsm.seeds relies on it)."""
+
+    def __init__(self, seeds: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_features, self.out_features = in_dim, out_dim
+        self.weight = nn.Parameter(torch.empty(seeds, out_dim, in_dim))
+        self.bias = nn.Parameter(torch.empty(seeds, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default init (kaiming_uniform with a=√5), per seed
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        h = x.reshape(x.shape[0], -1, x.shape[-1])
+        out = torch.baddbmm(self.bias.unsqueeze(1), h, self.weight.transpose(1, 2))
+        return out.reshape(*lead, self.out_features)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -34,11 +60,13 @@ class EpsilonNet(nn.Module):
     the state, action and time blocks, which is what the fused chain kernel needs (SPEC §2, last note).
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, time_dim: int = 16):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, time_dim: int = 16,
+                 seeds: int | None = None):
         super().__init__()
         self.obs_dim, self.act_dim, self.hidden, self.layers, self.time_dim = obs_dim, act_dim, hidden, layers, time_dim
-        self.time_mlp = nn.Sequential(nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim))
-        self.body = mlp(obs_dim + act_dim + time_dim, hidden, layers, act_dim)
+        self.seeds = seeds  # None: today's single network; S: S stacked networks, every input [S, ..., dim]
+        self.time_mlp = mlp(time_dim, 2 * time_dim, 1, time_dim, seeds)
+        self.body = mlp(obs_dim + act_dim + time_dim, hidden, layers, act_dim, seeds)
 
     def time_features(self, t: torch.Tensor) -> torch.Tensor:
         """t: integer step index (0-based) -> [..., time_dim]."""
@@ -49,44 +77,56 @@ class EpsilonNet(nn.Module):
         return self.body(torch.cat([s, a_t, emb], dim=-1))
 
     def first_layer_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(W_s [H,S], W_a [H,A], W_e [H,time_dim], b [H]) of the first Linear."""
+        """(W_s [H,S], W_a [H,A], W_e [H,time_dim], b [H]) of the first Linear (stacked: a leading seed axis)."""
         lin: nn.Linear = self.body[0]
         S, A = self.obs_dim, self.act_dim
-        return lin.weight[:, :S], lin.weight[:, S:S + A], lin.weight[:, S + A:], lin.bias
+        return lin.weight[..., :S], lin.weight[..., S:S + A], lin.weight[..., S + A:], lin.bias
 
     def hidden_linears(self) -> list[nn.Linear]:
         """The Linear layers after the first one (hidden ... output), in order."""
-        return [m for m in list(self.body)[1:] if isinstance(m, nn.Linear)]
+        return [m for m in list(self.body)[1:] if isinstance(m, (nn.Linear, SeedLinear))]
 
 
 class EnsembleLinear(nn.Module):
-    """E independent Linear layers applied as one batched matmul (the twin critics in one launch)."""
+    """E independent Linear layers applied as one batched matmul (the twin critics in one launch).
 
-    def __init__(self, ensemble: int, in_dim: int, out_dim: int):
+    With `seeds`, S × E of them: weight [S, E, in, out] (a single run's weight is the slice [s]), applied as one
+    baddbmm over the S·E members; x is then [S·E, M, in]."""
+
+    def __init__(self, ensemble: int, in_dim: int, out_dim: int, seeds: int | None = None):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(ensemble, in_dim, out_dim))
-        self.bias = nn.Parameter(torch.empty(ensemble, 1, out_dim))
+        lead = (ensemble,) if seeds is None else (seeds, ensemble)
+        self.weight = nn.Parameter(torch.empty(*lead, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(*lead, 1, out_dim))
         bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default init, per member
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [E, M, in]
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [E, M, in] (seeds: [S·E, M, in])
+        if self.weight.dim() == 3:
+            return torch.baddbmm(self.bias, x, self.weight)
+        w, b = self.weight, self.bias
+        return torch.baddbmm(b.reshape(-1, *b.shape[2:]), x, w.reshape(-1, *w.shape[2:]))
 
 
 class TwinQ(nn.Module):
-    """Two Q networks Q_i(s, a) (MLP with Mish, or ReLU as FlowRL's), evaluated together; returns [2, ...]."""
+    """Two Q networks Q_i(s, a) (MLP with Mish, or ReLU as FlowRL's), evaluated together; returns [2, ...].
+
+    With `seeds`, S independent pairs (the ensemble axis becomes S × 2): s, a are [S, ..., dim] and the result
+    is [2, S, ...], so that the ensemble stays the leading axis (min_q, critic_loss) for either layout."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, ensemble: int = 2,
-                 activation: str = "mish"):
+                 seeds: int | None = None, activation: str = "mish"):
         super().__init__()
-        self.ensemble = ensemble
+        self.ensemble, self.seeds = ensemble, seeds
         self.act = {"mish": F.mish, "relu": F.relu}[activation]
         dims = [obs_dim + act_dim] + [hidden] * layers + [1]
-        self.linears = nn.ModuleList(EnsembleLinear(ensemble, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.linears = nn.ModuleList(EnsembleLinear(ensemble, a, b, seeds) for a, b in zip(dims[:-1], dims[1:]))
 
     def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         x = torch.cat([s, a], dim=-1)
+        if self.seeds is not None:
+            return self._forward_seeds(x)
         lead = x.shape[:-1]
         h = x.reshape(1, -1, x.shape[-1]).expand(self.ensemble, -1, -1)
         for i, lin in enumerate(self.linears):
@@ -94,6 +134,15 @@ class TwinQ(nn.Module):
             if i < len(self.linears) - 1:
                 h = self.act(h)
         return h.reshape(self.ensemble, *lead)
+
+    def _forward_seeds(self, x: torch.Tensor) -> torch.Tensor:
+        S, E, lead = x.shape[0], self.ensemble, x.shape[1:-1]
+        h = x.reshape(S, 1, -1, x.shape[-1]).expand(S, E, -1, -1).reshape(S * E, -1, x.shape[-1])
+        for i, lin in enumerate(self.linears):
+            h = lin(h)
+            if i < len(self.linears) - 1:
+                h = self.act(h)
+        return h.reshape(S, E, *lead).transpose(0, 1)
 
     def min_q(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return self(s, a).min(dim=0).values
@@ -104,9 +153,9 @@ class GaussianActor(nn.Module):
 
     LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, seeds: int | None = None):
         super().__init__()
-        self.net = mlp(obs_dim, hidden, layers, 2 * act_dim)
+        self.net = mlp(obs_dim, hidden, layers, 2 * act_dim, seeds)  # seeds: S stacked actors, s [S, ..., obs]
 
     def forward(self, s: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.net(s).chunk(2, dim=-1)

@@ -282,6 +282,11 @@ def main(argv: list[str] | None = None, wrap_replay: Callable[[ReplayBuffer], An
     code = run_main("fastrsm-train", prepare)
     if plan is None:
         return code
+    if plan.seeds is not None:  # --seeds: S seeds in one process
+        from .group import train_group
+
+        return train_group(plan.cfg, plan.seeds, plan.run_dir, resume=plan.resume_group,
+                           argv=sys.argv if argv is None else ["fastrsm-train", *argv], progress=plan.progress)
     return train(plan.cfg, plan.run_dir, resume=plan.ckpt is not None,
                  argv=sys.argv if argv is None else ["fastrsm-train", *argv], progress=plan.progress, ckpt=plan.ckpt,
                  wrap_replay=wrap_replay)

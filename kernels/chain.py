@@ -51,6 +51,7 @@ def _chain_kernel(
     c1_ptr, c0_ptr, pc0_ptr, pct_ptr, pstd_ptr,
     scratch_ptr,
     M, N_PART, A, T,
+    S_X, S_NOISE_STEP, S_SP, S_TB, S_WA, S_WH, S_BH, S_WO, S_BO, S_RNG,  # seed-axis strides (grid axis 1)
     H: tl.constexpr, A_PAD: tl.constexpr, NUM_HIDDEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
     HAS_NOISE: tl.constexpr, HAS_XT: tl.constexpr,
@@ -58,6 +59,20 @@ def _chain_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    # seed axis: program_id(1) picks seed sid's rows, weights and Philox offsets (all 0 for one network)
+    sid = tl.program_id(1)
+    sid64 = sid.to(tl.int64)
+    x_ptr += sid64 * S_X
+    out_ptr += sid64 * S_X
+    noise_ptr += sid64 * S_X
+    sproj_ptr += sid64 * S_SP
+    tbias_ptr += sid64 * S_TB
+    wa_ptr += sid64 * S_WA
+    wh_ptr += sid64 * S_WH
+    bh_ptr += sid64 * S_BH
+    wo_ptr += sid64 * S_WO
+    bo_ptr += sid64 * S_BO
+    rng0 = sid * S_RNG
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < M
     state = rows // N_PART
@@ -67,7 +82,7 @@ def _chain_kernel(
     xoff = rows[:, None] * A + a_idx[None, :]
     local = tl.arange(0, BLOCK_M)
     hh = tl.arange(0, BLOCK_H)
-    buf0 = scratch_ptr + pid.to(tl.int64) * (2 * BLOCK_M * H)
+    buf0 = scratch_ptr + (sid64 * tl.num_programs(0) + pid) * (2 * BLOCK_M * H)
     buf_stride = BLOCK_M * H
 
     if SEED_FROM_PTR:
@@ -79,7 +94,7 @@ def _chain_kernel(
         x = tl.load(x_ptr + xoff, mask=xmask, other=0.0).to(tl.float32)
     else:
         # x_T ~ 0.5·N(0, I) from the offset block after the T noise blocks.
-        x = 0.5 * tl.randn(seed_val, T * M * A + xoff)
+        x = 0.5 * tl.randn(seed_val, rng0 + T * M * A + xoff)
         x = tl.where(xmask, x, 0.0)
 
     for step in range(T):
@@ -125,10 +140,10 @@ def _chain_kernel(
         x0 = tl.minimum(tl.maximum(x0, -1.0), 1.0)
         mean = tl.load(pc0_ptr + i) * x0 + tl.load(pct_ptr + i) * x
         if HAS_NOISE:
-            z = tl.load(noise_ptr + i.to(tl.int64) * M * A + xoff, mask=xmask, other=0.0)
+            z = tl.load(noise_ptr + i.to(tl.int64) * S_NOISE_STEP + xoff, mask=xmask, other=0.0)
             z = z.to(tl.float32)
         else:
-            z = tl.randn(seed_val, i * M * A + xoff)
+            z = tl.randn(seed_val, rng0 + i * M * A + xoff)
         x = tl.where(i > 0, mean + tl.load(pstd_ptr + i) * z, mean)  # no noise at the last step
         x = tl.where(xmask, x, 0.0)
 
@@ -158,34 +173,35 @@ def _launch_config(M: int, precision: str, device: torch.device) -> tuple[int, i
     return block_m, 4, 1 if precision == "fp32" else 2
 
 
-def _pack_weights(eps_net: torch.nn.Module, A_PAD: int, wdtype: torch.dtype, device: torch.device):
-    """Transposed, padded copies of the network's weights in the layouts the kernel reads.
+def _pack_weights(eps_net: torch.nn.Module, A_PAD: int, wdtype: torch.dtype, device: torch.device, S: int = 1):
+    """Transposed, padded copies of the network's weights in the layouts the kernel reads, with a leading seed
+    axis of S (S stacked networks: every weight [S, ...] in nn.Linear's layout; S = 1: one ordinary network).
 
     Done on every call on purpose: the weights change between calls (optimiser, EMA), and a cache keyed on
-    anything host-side would go stale under CUDA-graph replay. It is ~10 small copies, < 1 MB."""
-    acts = [type(m).__name__ for m in eps_net.body if not isinstance(m, torch.nn.Linear)]
+    anything host-side would go stale under CUDA-graph replay. It is ~10 small copies, < 1 MB per seed."""
+    acts = [type(m).__name__ for m in eps_net.body if not hasattr(m, "weight")]
     if any(a != "Mish" for a in acts):  # the kernel hard-codes Mish between the Linear layers
         raise ValueError(f"the fused chain supports Linear+Mish bodies only, got activations {acts}")
     lins = eps_net.hidden_linears()
     hidden, out = lins[:-1], lins[-1]
     H, A = eps_net.hidden, eps_net.act_dim
     _, W_a, _, _ = eps_net.first_layer_parts()
-    wa = torch.zeros(A_PAD, H, device=device, dtype=wdtype)
-    wa[:A] = W_a.t()
+    wa = torch.zeros(S, A_PAD, H, device=device, dtype=wdtype)
+    wa[:, :A] = W_a.reshape(S, H, A).transpose(1, 2)
     if hidden:
         for lin in hidden:
-            if tuple(lin.weight.shape) != (H, H):
+            if tuple(lin.weight.shape[-2:]) != (H, H):
                 raise ValueError(f"the fused chain needs square hidden layers of width {H}, "
                                  f"got {tuple(lin.weight.shape)}")
-        wh = torch.stack([lin.weight.t() for lin in hidden]).to(wdtype).contiguous()
-        bh = torch.stack([lin.bias for lin in hidden]).float().contiguous()
+        wh = torch.stack([lin.weight.reshape(S, H, H).transpose(1, 2) for lin in hidden], 1).to(wdtype).contiguous()
+        bh = torch.stack([lin.bias.reshape(S, H) for lin in hidden], 1).float().contiguous()
     else:  # never read (NUM_HIDDEN = 0) but the kernel needs valid pointers
-        wh = torch.zeros(1, device=device, dtype=wdtype)
-        bh = torch.zeros(1, device=device)
-    wo = torch.zeros(H, A_PAD, device=device, dtype=wdtype)
-    wo[:, :A] = out.weight.t()
-    bo = torch.zeros(A_PAD, device=device)
-    bo[:A] = out.bias
+        wh = torch.zeros(S, device=device, dtype=wdtype)
+        bh = torch.zeros(S, device=device)
+    wo = torch.zeros(S, H, A_PAD, device=device, dtype=wdtype)
+    wo[:, :, :A] = out.weight.reshape(S, A, H).transpose(1, 2)
+    bo = torch.zeros(S, A_PAD, device=device)
+    bo[:, :A] = out.bias.reshape(S, A)
     return wa, wh, bh, wo, bo, len(hidden)
 
 
@@ -203,6 +219,10 @@ def fused_chain(eps_net: torch.nn.Module, sched: Any, s: torch.Tensor, x_T: torc
     draws a seed from torch's generator). The in-kernel draws depend only on (seed, step, row, action), not on
     the block size. precision: 'fp32' (exact fp32 products), 'tf32' or 'bf16' (matmul operands; accumulation
     and the chain state stay fp32). Returns x_0 [B·N, A] float32 in [-1, 1].
+
+    A stacked network of S seeds (`eps_net.seeds` = S, every weight [S, ...]) runs as one launch with the seed as
+    grid axis 1: s [S, B, S_dim], x_T [S, B·N, A], noise [T, S, B·N, A] -> x_0 [S, B·N, A]; drawn in-kernel,
+    seed k's Philox offsets follow seed k − 1's, so no two seeds share a random number.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -212,24 +232,29 @@ def fused_chain(eps_net: torch.nn.Module, sched: Any, s: torch.Tensor, x_T: torc
         # The interpreter (Triton 3.9) multiplies bf16 tiles as raw integers: refuse rather than return garbage.
         raise ValueError("precision='bf16' needs CUDA; under the Triton interpreter use 'fp32'")
     T, A, H = sched.T, eps_net.act_dim, eps_net.hidden
-    B = s.shape[0]
+    stacked = getattr(eps_net, "seeds", None) is not None
+    S = eps_net.seeds if stacked else 1
+    lead = (S,) if stacked else ()
+    if s.dim() != 2 + stacked or (stacked and s.shape[0] != S):
+        raise ValueError(f"s must be [{'S, ' if stacked else ''}B, obs_dim], got {tuple(s.shape)}")
+    B = s.shape[-2]
     if x_T is not None:
-        if x_T.dim() != 2 or x_T.shape[1] != A:
-            raise ValueError(f"x_T must be [B·N, {A}], got {tuple(x_T.shape)}")
-        M = x_T.shape[0]
+        if x_T.dim() != 2 + stacked or x_T.shape[-1] != A or x_T.shape[:-2] != lead:
+            raise ValueError(f"x_T must be [{'S, ' if stacked else ''}B·N, {A}], got {tuple(x_T.shape)}")
+        M = x_T.shape[-2]
     elif noise is not None:
-        M = noise.shape[1]
+        M = noise.shape[-2]
     elif particles is not None:
         M = B * particles
     else:
         raise ValueError("give x_T, noise or particles to size the chain")
     if B == 0 or M % B:
         raise ValueError(f"{M} chain rows are not a multiple of {B} states")
-    if noise is not None and tuple(noise.shape) != (T, M, A):
-        raise ValueError(f"noise must be [T={T}, {M}, {A}], got {tuple(noise.shape)}")
-    if (T + 1) * M * A > _MAX_OFFSET:
-        raise ValueError(f"chain too large for int32 offsets: (T+1)·M·A = {(T + 1) * M * A}")
-    out = torch.empty(M, A, device=device, dtype=torch.float32)
+    if noise is not None and tuple(noise.shape) != (T, *lead, M, A):
+        raise ValueError(f"noise must be [T={T}, {'S, ' if stacked else ''}{M}, {A}], got {tuple(noise.shape)}")
+    if S * (T + 1) * M * A > _MAX_OFFSET:
+        raise ValueError(f"chain too large for int32 offsets: S·(T+1)·M·A = {S * (T + 1) * M * A}")
+    out = torch.empty(*lead, M, A, device=device, dtype=torch.float32)
     if M == 0:
         return out
 
@@ -243,10 +268,15 @@ def fused_chain(eps_net: torch.nn.Module, sched: Any, s: torch.Tensor, x_T: torc
 
     with torch.no_grad():
         W_s, _, W_e, b1 = eps_net.first_layer_parts()
-        s_proj = torch.addmm(b1.float(), s.float(), W_s.t().float()).contiguous()  # [B, H]
-        temb = eps_net.time_features(torch.arange(T, device=device))  # [T, time_dim]
-        tbias = (temb.float() @ W_e.t().float()).contiguous()  # [T, H]
-        wa, wh, bh, wo, bo, num_hidden = _pack_weights(eps_net, A_PAD, wdtype, device)
+        if stacked:  # [S, B, H] and [S, T, H]
+            s_proj = torch.baddbmm(b1.float().unsqueeze(1), s.float(), W_s.transpose(1, 2).float()).contiguous()
+            temb = eps_net.time_features(torch.arange(T, device=device).expand(S, T))  # [S, T, time_dim]
+            tbias = torch.bmm(temb.float(), W_e.transpose(1, 2).float()).contiguous()
+        else:
+            s_proj = torch.addmm(b1.float(), s.float(), W_s.t().float()).contiguous()  # [B, H]
+            temb = eps_net.time_features(torch.arange(T, device=device))  # [T, time_dim]
+            tbias = (temb.float() @ W_e.t().float()).contiguous()  # [T, H]
+        wa, wh, bh, wo, bo, num_hidden = _pack_weights(eps_net, A_PAD, wdtype, device, S)
 
         seed_from_ptr, seed_arg, seed_t = False, 0, out  # defaults when nothing is drawn in-kernel
         if noise is not None:
@@ -263,8 +293,8 @@ def fused_chain(eps_net: torch.nn.Module, sched: Any, s: torch.Tensor, x_T: torc
             else:
                 seed_arg = int(seed)
         x_in = x_T.contiguous().float() if x_T is not None else out
-        grid = (triton.cdiv(M, block_m),)
-        scratch = torch.empty(grid[0] * 2 * block_m * H, device=device, dtype=torch.float32)
+        grid = (triton.cdiv(M, block_m), S)
+        scratch = torch.empty(S * grid[0] * 2 * block_m * H, device=device, dtype=torch.float32)
         _chain_kernel[grid](
             x_in, out, noise if noise is not None else out, seed_t, seed_arg,
             s_proj, tbias, wa, wh, bh, wo, bo,
@@ -273,6 +303,8 @@ def fused_chain(eps_net: torch.nn.Module, sched: Any, s: torch.Tensor, x_T: torc
             sched.post_std.float().contiguous(),
             scratch,
             M, M // B, A, T,
+            M * A, S * M * A, B * H, T * H, A_PAD * H, num_hidden * H * H, num_hidden * H, H * A_PAD, A_PAD,
+            (T + 1) * M * A,
             H=H, A_PAD=A_PAD, NUM_HIDDEN=num_hidden, BLOCK_M=block_m, BLOCK_H=block_h,
             HAS_NOISE=noise is not None, HAS_XT=x_T is not None, SEED_FROM_PTR=seed_from_ptr,
             DOT_PRECISION=_DOT_PRECISION[precision],

@@ -29,13 +29,13 @@ def reverse_chain(eps_net: Any, sched: Any, s: torch.Tensor, x_T: torch.Tensor,
     """Reference reverse process. eps_net(a_t, s, t) -> ε̂; s: [B, S], x_T: [B·N, A] (row r is a particle of
     state r // N), noise: [T, B·N, A] (noise[i] is used by step i; noise[0] is unused) -> x_0 [B·N, A] in [-1, 1]."""
     x = x_T
-    M = x.shape[0]
-    if s.shape[0] != M:
-        if M % s.shape[0]:
-            raise ValueError(f"{M} chain rows are not a multiple of {s.shape[0]} states")
-        s = s.repeat_interleave(M // s.shape[0], dim=0)
+    M = x.shape[-2]  # with a leading seed axis: s [S, B, S_dim], x_T [S, B·N, A], noise [T, S, B·N, A]
+    if s.shape[-2] != M:
+        if M % s.shape[-2]:
+            raise ValueError(f"{M} chain rows are not a multiple of {s.shape[-2]} states")
+        s = s.repeat_interleave(M // s.shape[-2], dim=-2)
     for i in reversed(range(sched.T)):
-        t = torch.full((M,), i, device=x.device, dtype=torch.long)
+        t = torch.full(x.shape[:-1], i, device=x.device, dtype=torch.long)
         x = reverse_step(sched, i, x, eps_net(x, s, t), noise[i])
     return x.clamp(-1.0, 1.0)
 
@@ -47,11 +47,12 @@ def weighted_sm_loss(eps_pred: torch.Tensor, eps_targets: torch.Tensor, logits: 
     """mean_b Σ_k softmax_k(logits)_bk ‖ε_pred − ε^k‖² — the shared core of SDAC and DPMD-softmax.
 
     eps_pred: [B, A] (one prediction regressed onto K targets: SDAC) or [B, K, A] (one per particle:
-    DPMD-softmax); eps_targets: [B, K, A]; logits: [B, K], given no gradient. The softmax is logsumexp-stable."""
-    if eps_pred.dim() == 2:
-        eps_pred = eps_pred.unsqueeze(1)
+    DPMD-softmax); eps_targets: [B, K, A]; logits: [B, K], given no gradient. The softmax is logsumexp-stable.
+    With a leading seed axis on every argument the result is each seed's own mean, [S]."""
+    if eps_pred.dim() == eps_targets.dim() - 1:
+        eps_pred = eps_pred.unsqueeze(-2)
     w = torch.softmax(logits.detach().float(), dim=-1)
-    return (w * ((eps_pred - eps_targets) ** 2).sum(-1)).sum(-1).mean()
+    return (w * ((eps_pred - eps_targets) ** 2).sum(-1)).sum(-1).mean(-1)
 
 
 # ------------------------------------------------------------------ 3. best-of-N selection (best_of_n.py)

@@ -81,7 +81,24 @@ def _sm_loss_kernel(
 
 def _launch(eps_pred: torch.Tensor, eps_targets: torch.Tensor, logits: torch.Tensor, need_grad: bool,
             block_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """-> (loss: 0-d float32, grad w.r.t. eps_pred in float32 with eps_pred's shape, or None)."""
+    """-> (loss: 0-d float32, grad w.r.t. eps_pred in float32 with eps_pred's shape, or None).
+
+    With a leading seed axis (eps_targets [S, B, K, A], logits [S, B, K], eps_pred [S, B, (K,) A]) the S·B rows
+    run in one launch (a row is a program; rows never interact) and the loss is each seed's own mean, [S]."""
+    if eps_targets.dim() == 4:
+        S, B = eps_targets.shape[:2]
+        if logits.shape[:2] != (S, B) or eps_pred.shape[:2] != (S, B):
+            raise ValueError(f"with a seed axis every argument must lead with [{S}, {B}], got "
+                             f"{tuple(eps_pred.shape)}, {tuple(eps_targets.shape)}, {tuple(logits.shape)}")
+        loss, grad = _launch_rows(eps_pred.flatten(0, 1), eps_targets.flatten(0, 1), logits.flatten(0, 1),
+                                  need_grad, block_k, rows_per_seed=B)
+        return loss, None if grad is None else grad.view(eps_pred.shape)
+    return _launch_rows(eps_pred, eps_targets, logits, need_grad, block_k)
+
+
+def _launch_rows(eps_pred: torch.Tensor, eps_targets: torch.Tensor, logits: torch.Tensor, need_grad: bool,
+                 block_k: int | None = None, rows_per_seed: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     if eps_targets.dim() != 3:
         raise ValueError(f"eps_targets must be [B, K, A], got {tuple(eps_targets.shape)}")
     B, K, A = eps_targets.shape
@@ -101,19 +118,24 @@ def _launch(eps_pred: torch.Tensor, eps_targets: torch.Tensor, logits: torch.Ten
     lg = logits.detach().contiguous()
     row_loss = torch.empty(B, device=pred.device, dtype=torch.float32)
     grad = torch.empty(pred.shape, device=pred.device, dtype=torch.float32) if need_grad else None
+    n = B if rows_per_seed is None else rows_per_seed  # the rows one mean runs over: a seed's batch
+
+    def mean(rows: torch.Tensor) -> torch.Tensor:
+        return rows.mean() if rows_per_seed is None else rows.view(-1, n).mean(-1)
+
     if B == 0:
-        return row_loss.mean(), grad
+        return mean(row_loss), grad
     BLOCK_A = triton.next_power_of_2(A)
     if block_k is None:
         # Keep a [BLOCK_K, BLOCK_A] tile at <= 4096 elements (~32 fp32 registers a thread at 4 warps).
         block_k = max(1, min(triton.next_power_of_2(K), 4096 // BLOCK_A, 128))
     _sm_loss_kernel[(B,)](
         pred, tgt, lg, row_loss, grad if grad is not None else row_loss,
-        K, A, 2.0 / B,
+        K, A, 2.0 / n,
         PER_K=per_k, NEED_GRAD=need_grad, BLOCK_K=block_k, BLOCK_A=BLOCK_A,
         num_warps=4 if block_k * BLOCK_A >= 1024 else 1,
     )
-    return row_loss.mean(), grad
+    return mean(row_loss), grad
 
 
 class FusedWeightedSMLoss(torch.autograd.Function):
@@ -131,6 +153,8 @@ class FusedWeightedSMLoss(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         (grad,) = ctx.saved_tensors
+        if grad_output.dim():  # per-seed losses [S]: seed s's rows scale by its own grad_output
+            grad_output = grad_output.reshape(*grad_output.shape, *([1] * (grad.dim() - grad_output.dim())))
         return (grad * grad_output).to(ctx.pred_dtype), None, None
 
 
@@ -138,5 +162,6 @@ def fused_weighted_sm_loss(eps_pred: torch.Tensor, eps_targets: torch.Tensor, lo
     """mean_b Σ_k softmax_k(logits)_bk ‖ε_pred − ε^k‖², as `weighted_sm_loss`; differentiable in eps_pred only.
 
     eps_pred: [B, A] (shared: SDAC) or [B, K, A] (per particle: DPMD-softmax); eps_targets: [B, K, A];
-    logits: [B, K]. Returns a 0-d float32 tensor."""
+    logits: [B, K]. Returns a 0-d float32 tensor; with a leading seed axis on every argument, [S] (each seed's
+    own mean)."""
     return FusedWeightedSMLoss.apply(eps_pred, eps_targets, logits)

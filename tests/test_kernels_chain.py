@@ -240,7 +240,9 @@ def build(fn, types, consts, arch, num_warps=4, num_stages=1):
 
 chain = dict(x_ptr=P, out_ptr=P, noise_ptr=P, seed_ptr="*i64", seed="i32", sproj_ptr=P, tbias_ptr=P, wa_ptr=P,
              wh_ptr=P, bh_ptr=P, wo_ptr=P, bo_ptr=P, c1_ptr=P, c0_ptr=P, pc0_ptr=P, pct_ptr=P, pstd_ptr=P,
-             scratch_ptr=P, M="i32", N_PART="i32", A="i32", T="i32")
+             scratch_ptr=P, M="i32", N_PART="i32", A="i32", T="i32",
+             **{n: "i32" for n in ("S_X", "S_NOISE_STEP", "S_SP", "S_TB", "S_WA", "S_WH", "S_BH", "S_WO", "S_BO",
+                                   "S_RNG")})
 for arch, prec, wdt, noise, stages in [(90, "ieee", P, False, 1), (90, "tf32", P, True, 2),
                                       (80, "tf32", "*bf16", False, 2)]:
     build(_chain_kernel, {**chain, "wa_ptr": wdt, "wh_ptr": wdt, "wo_ptr": wdt},

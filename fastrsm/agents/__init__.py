@@ -19,10 +19,14 @@ def check_algo(algo: str) -> None:
         raise ConfigError(f"unknown algo {algo!r}; choose one of {', '.join(AGENTS)}")
 
 
-def make_agent(algo: str, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops) -> Agent:
-    """The agent of `algo`, computing its hot paths with `ops` (fastrsm.backend.make_ops)."""
+def make_agent(algo: str, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
+               seeds: int | None = None) -> Agent:
+    """The agent of `algo`, computing its hot paths with `ops` (fastrsm.backend.make_ops); `seeds=S`: S independent
+    agents as one, every input and output with a leading seed axis (fastrsm.seeds)."""
     check_algo(algo)
-    return AGENTS[algo](obs_dim, act_dim, cfg, device, ops)
+    if seeds is None:
+        return AGENTS[algo](obs_dim, act_dim, cfg, device, ops)
+    return AGENTS[algo](obs_dim, act_dim, cfg, device, ops, seeds=seeds)
 
 
 __all__ = ["AGENTS", "Agent", "DPMD", "Parts", "SAC", "SDAC", "check_algo", "make_agent"]

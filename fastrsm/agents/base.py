@@ -88,11 +88,18 @@ class Agent(nn.Module):
 
     algo = "base"
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
+                 seeds: int | None = None):
         super().__init__()
         self.obs_dim, self.act_dim, self.cfg, self.device = obs_dim, act_dim, cfg, device
         self.ops = ops  # the hot paths of the chosen backend (fastrsm.backend.make_ops), given by the caller
-        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden, cfg.critic_layers or cfg.layers,
+        # seeds=None: one agent, today's shapes. seeds=S: S independent agents in one (fastrsm.seeds): every
+        # parameter, statistic and α has a leading seed axis, inputs are [S, B, ...], each loss is [S] (every
+        # seed's own batch mean) and the gradient step uses their sum, so seed s's gradient is its own run's.
+        # One Adam over the stacked parameters keeps the seeds independent: Adam is elementwise (its moments are
+        # per element; the step count is the same for all seeds).
+        self.seeds = seeds
+        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden, cfg.critic_layers or cfg.layers, seeds=seeds,
                             activation=cfg.critic_activation).to(device)
         self.critic_target = frozen_copy(self.critic)
         self.compiled = ops.backend == "compile"  # whole-function torch.compile (fastrsm.compiled)
@@ -117,6 +124,23 @@ class Agent(nn.Module):
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
+
+    # -- the seed axis (no-ops for a single agent)
+    def per_seed(self, x: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
+        """A per-seed value x ([S]: α, running statistics) shaped to broadcast against `like` ([S, ...])."""
+        if self.seeds is None or not torch.is_tensor(x):
+            return x
+        return x.reshape(x.shape + (1,) * (like.dim() - x.dim()))
+
+    def seed_mean(self, x: torch.Tensor, seed_dim: int = 0) -> torch.Tensor:
+        """A metric's mean: over everything (single agent), or over everything but the seed axis ([S])."""
+        if self.seeds is None:
+            return x.mean()
+        return x.movedim(seed_dim, 0).reshape(self.seeds, -1).mean(-1)
+
+    def total(self, loss: torch.Tensor) -> torch.Tensor:
+        """What is differentiated: the loss itself, or the sum over seeds of each seed's own mean."""
+        return loss if self.seeds is None else loss.sum()
 
     # -- the schedule: which parts each update runs (host side, the only place that decides it)
     def parts_for(self, updates: int, policy_updates: int) -> Parts:
@@ -167,9 +191,9 @@ class Agent(nn.Module):
         q = self.critic(batch.obs, batch.action)
         loss = critic_loss(q, y)
         self.opt_q.zero_grad(set_to_none=False)
-        loss.backward()
+        self.total(loss).backward()
         self.opt_q.step()
-        return {"loss_q": loss.detach(), "q_mean": q.detach().mean()}, reuse
+        return {"loss_q": loss.detach(), "q_mean": self.seed_mean(q.detach(), seed_dim=1)}, reuse
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient update: the parts the schedule names, then the counters advance."""
@@ -233,5 +257,7 @@ class Agent(nn.Module):
         return torch.isfinite(torch.stack(norms)).all()
 
 
-def log_alpha_param(alpha0: float, device: torch.device) -> nn.Parameter:
+def log_alpha_param(alpha0: float, device: torch.device, seeds: int | None = None) -> nn.Parameter:
+    if seeds is not None:  # one α per seed
+        return nn.Parameter(torch.full((seeds,), math.log(alpha0), device=device))
     return nn.Parameter(torch.tensor(math.log(alpha0), device=device))

@@ -27,13 +27,14 @@ class NextActions(NamedTuple):
 
 
 class DiffusionAgent(Agent):
-    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
-        super().__init__(obs_dim, act_dim, cfg, device, ops)
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
+                 seeds: int | None = None):
+        super().__init__(obs_dim, act_dim, cfg, device, ops, seeds)
         self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
-                                      cfg.schedule, cfg.beta_scale).to(device)
+                                      cfg.schedule, cfg.beta_scale, seeds).to(device)
         self.policy_ema = frozen_copy(self.policy)  # acts and evaluates (SPEC §3)
         self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device, self.compiled)
-        self.log_alpha = log_alpha_param(cfg.alpha_init, device)
+        self.log_alpha = log_alpha_param(cfg.alpha_init, device, seeds)
         self.opt_alpha = make_adam([self.log_alpha], cfg.lr_alpha, device, self.compiled)
         self.target_entropy = cfg.target_entropy_per_dim * act_dim
 
@@ -44,9 +45,14 @@ class DiffusionAgent(Agent):
         (plus noise_std·N(0, I))."""
         N = particles or self.cfg.particles
         cand = self.ops.sample(policy.eps_net, policy.sched, obs, N)
-        q = self.critic.min_q(obs.unsqueeze(1).expand(-1, N, -1), cand)
-        noise = torch.randn(obs.shape[0], self.act_dim, device=obs.device)
-        action, _ = self.ops.best_of_n(q, cand, noise, noise_std)
+        q = self.critic.min_q(obs.unsqueeze(-2).expand(*obs.shape[:-1], N, obs.shape[-1]), cand)
+        noise = torch.randn(*obs.shape[:-1], self.act_dim, device=obs.device)
+        if self.seeds is None:
+            action, _ = self.ops.best_of_n(q, cand, noise, noise_std)
+        else:  # selection is row-wise: the seed axis folds into the rows, each seed's noise scaled by its own std
+            noise = self.per_seed(noise_std, noise) * noise
+            action, _ = self.ops.best_of_n(q.flatten(0, 1), cand.flatten(0, 1), noise.flatten(0, 1), 1.0)
+            action = action.view(noise.shape)
         return NextActions(action, cand, q)
 
     @torch.no_grad()
@@ -79,7 +85,7 @@ class DiffusionAgent(Agent):
         # policy's actions, so the loss reuses them instead of running a second reverse chain at s.
         loss, metrics = self.policy_loss(batch, reuse)
         self.opt_pi.zero_grad(set_to_none=False)
-        loss.backward()
+        self.total(loss).backward()
         self.opt_pi.step()
         return {"loss_pi": loss.detach(), **metrics}
 
@@ -90,6 +96,6 @@ class DiffusionAgent(Agent):
         entropy = noise_entropy(self.log_alpha, self.act_dim, self.cfg.explore_std)
         loss = alpha_loss(self.log_alpha, entropy, self.target_entropy)
         self.opt_alpha.zero_grad(set_to_none=False)
-        loss.backward()
+        self.total(loss).backward()
         self.opt_alpha.step()
         return {"loss_alpha": loss.detach()}

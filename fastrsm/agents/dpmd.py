@@ -24,15 +24,15 @@ from .diffusion_agent import DiffusionAgent, NextActions
 class RunningMeanStd:
     """EMA of the batch mean and std of Q, as device tensors (updated in place) so an update can be graphed."""
 
-    def __init__(self, rate: float = 0.001, device: torch.device | str = "cpu"):
-        self.rate = rate
-        self.mean = torch.zeros((), device=device)
-        self.std = torch.ones((), device=device)
+    def __init__(self, rate: float = 0.001, device: torch.device | str = "cpu", shape: tuple[int, ...] = ()):
+        self.rate = rate  # shape (S,): one statistic per seed, of that seed's batch (the last axis of q)
+        self.mean = torch.zeros(shape, device=device)
+        self.std = torch.ones(shape, device=device)
 
     @torch.no_grad()
     def update(self, q: torch.Tensor) -> None:
-        self.mean.lerp_(q.mean(), self.rate)
-        self.std.lerp_(q.std(), self.rate)
+        self.mean.lerp_(q.mean(-1), self.rate)
+        self.std.lerp_(q.std(-1), self.rate)
 
     def state_dict(self) -> dict:
         return {"mean": self.mean.clone(), "std": self.std.clone()}
@@ -54,9 +54,10 @@ class DPMDReuse(NamedTuple):
 class DPMD(DiffusionAgent):
     algo = "dpmd"
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
-        super().__init__(obs_dim, act_dim, cfg, device, ops)
-        self.q_stats = RunningMeanStd(cfg.q_norm_rate, device)
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
+                 seeds: int | None = None):
+        super().__init__(obs_dim, act_dim, cfg, device, ops, seeds)
+        self.q_stats = RunningMeanStd(cfg.q_norm_rate, device, () if seeds is None else (seeds,))
 
     def critic_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], DPMDReuse]:
         metrics, drawn = super().critic_step(batch)
@@ -68,24 +69,28 @@ class DPMD(DiffusionAgent):
         return metrics, DPMDReuse(drawn, q, mean, std)
 
     def policy_loss(self, batch: Batch, reuse: DPMDReuse) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        sched, lam, cfg, next_obs = self.policy.sched, self.alpha, self.cfg, batch.next_obs
-        std = reuse.std + cfg.q_norm_eps
+        sched, cfg, next_obs = self.policy.sched, self.cfg, batch.next_obs
+        # seeds: every tensor has a leading S; α and the statistics are [S], shaped by per_seed to broadcast
+        lam, mean, std = (self.per_seed(x, reuse.drawn.q_particles) for x in (self.alpha, reuse.mean, reuse.std))
+        std = std + cfg.q_norm_eps
         if cfg.dpmd_weights == "softmax":
             cand, q = reuse.drawn.particles, reuse.drawn.q_particles  # [B, N, A], [B, N]
-            B, N, A = cand.shape
-            t = torch.randint(0, sched.T, (B, N), device=next_obs.device)
+            N = cand.shape[-2]
+            t = torch.randint(0, sched.T, cand.shape[:-1], device=next_obs.device)
             eps = torch.randn_like(cand)
             a_t = q_sample(sched, cand, t, eps)
-            s = next_obs.unsqueeze(1).expand(-1, N, -1)
+            s = next_obs.unsqueeze(-2).expand(*next_obs.shape[:-1], N, next_obs.shape[-1])
             eps_pred = self.policy.eps_net(a_t, s, t)
-            logits = normalize_q(q, reuse.mean, std, cfg.public_code_norm).clamp(-cfg.q_clip, cfg.q_clip) / lam
-            return self.ops.sm_loss(eps_pred, eps, logits), {"w_max": torch.softmax(logits, -1).max() * N}
+            logits = normalize_q(q, mean, std, cfg.public_code_norm).clamp(-cfg.q_clip, cfg.q_clip) / lam
+            w_max = torch.softmax(logits, -1).flatten(-2).max(-1).values * N
+            return self.ops.sm_loss(eps_pred, eps, logits), {"w_max": w_max}
         a0 = reuse.drawn.action
-        w = dpmd_weights(reuse.q, lam, reuse.mean, std, cfg.q_clip, cfg.public_code_norm)
-        t = torch.randint(0, sched.T, (a0.shape[0],), device=next_obs.device)
+        lam, mean, std = (x if self.seeds is None else x.squeeze(-1) for x in (lam, mean, std))  # against [S, B]
+        w = dpmd_weights(reuse.q, lam, mean, std, cfg.q_clip, cfg.public_code_norm)
+        t = torch.randint(0, sched.T, a0.shape[:-1], device=next_obs.device)
         eps = torch.randn_like(a0)
         eps_pred = self.policy.eps_net(q_sample(sched, a0, t, eps), next_obs, t)
-        return dpmd_loss(eps_pred, eps, w), {"w_mean": w.mean(), "w_std": w.std()}
+        return dpmd_loss(eps_pred, eps, w), {"w_mean": w.mean(-1), "w_std": w.std(-1)}
 
     def extra_state(self) -> dict:
         return {"q_stats": self.q_stats.state_dict()}

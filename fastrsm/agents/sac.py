@@ -14,11 +14,12 @@ from .base import Agent, Parts, log_alpha_param, make_adam, no_param_grads
 class SAC(Agent):
     algo = "sac"
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
-        super().__init__(obs_dim, act_dim, cfg, device, ops)
-        self.actor = GaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers).to(device)
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
+                 seeds: int | None = None):
+        super().__init__(obs_dim, act_dim, cfg, device, ops, seeds)
+        self.actor = GaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers, seeds).to(device)
         self.opt_pi = make_adam(self.actor.parameters(), cfg.lr_policy, device, self.compiled)
-        self.log_alpha = log_alpha_param(cfg.sac_alpha_init, device)
+        self.log_alpha = log_alpha_param(cfg.sac_alpha_init, device, seeds)
         self.opt_alpha = make_adam([self.log_alpha], cfg.lr_sac_alpha, device, self.compiled)
         self.target_entropy = -float(act_dim)
 
@@ -29,21 +30,21 @@ class SAC(Agent):
     @torch.no_grad()
     def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, None]:
         a2, logp2 = self.actor(next_obs)
-        return sac_target(self.critic_target.min_q(next_obs, a2), logp2, self.alpha), None
+        return sac_target(self.critic_target.min_q(next_obs, a2), logp2, self.per_seed(self.alpha, logp2)), None
 
     def policy_step(self, batch, reuse: None) -> dict[str, torch.Tensor]:
         a, logp = self.actor(batch.obs)
         with no_param_grads(self.critic):  # only ∂Q/∂a is needed; the critic's weight gradients would be discarded
             q = self.critic.min_q(batch.obs, a)
-        loss = sac_actor_loss(q, logp, self.alpha)
+        loss = sac_actor_loss(q, logp, self.per_seed(self.alpha, logp))
         self.opt_pi.zero_grad(set_to_none=False)
-        loss.backward()
+        self.total(loss).backward()
         self.opt_pi.step()
-        metrics = {"loss_pi": loss.detach(), "entropy": -logp.detach().mean()}
+        metrics = {"loss_pi": loss.detach(), "entropy": -logp.detach().mean(-1)}
         if self.cfg.learn_alpha:
-            loss_a = sac_alpha_loss(self.log_alpha, logp, self.target_entropy)
+            loss_a = sac_alpha_loss(self.per_seed(self.log_alpha, logp), logp, self.target_entropy)
             self.opt_alpha.zero_grad(set_to_none=False)
-            loss_a.backward()
+            self.total(loss_a).backward()
             self.opt_alpha.step()
             metrics["loss_alpha"] = loss_a.detach()
         return metrics

@@ -23,15 +23,14 @@ class SDAC(DiffusionAgent):
         if cfg.sdac_anchor == "replay":
             s, a = batch.obs, batch.action
         else:
-            s, a = batch.next_obs, drawn.action
-        B = a.shape[0]
-        t = torch.randint(0, sched.T, (B,), device=s.device)
+            s, a = batch.next_obs, drawn.action  # [B, A] (seeds: [S, B, A] here and a leading S below)
+        t = torch.randint(0, sched.T, a.shape[:-1], device=s.device)
         a_t = q_sample(sched, a, t, torch.randn_like(a))
         with torch.no_grad():
             sampler = sdac_reverse_samples_truncated if cfg.sdac_reverse == "truncnorm" else sdac_reverse_samples
             a0k, eps_k = sampler(sched, a_t, t, K)
-            q = self.critic.min_q(s.unsqueeze(1).expand(-1, K, -1), a0k)  # [B, K]
-            logits = q * (cfg.sdac_q_scale / self.alpha)
+            q = self.critic.min_q(s.unsqueeze(-2).expand(*s.shape[:-1], K, s.shape[-1]), a0k)  # [B, K]
+            logits = q * self.per_seed(cfg.sdac_q_scale / self.alpha, q)
         eps_pred = self.policy.eps_net(a_t, s, t)
         loss = self.ops.sm_loss(eps_pred, eps_k, logits)
-        return loss, {"w_max": torch.softmax(logits, -1).max(-1).values.mean()}
+        return loss, {"w_max": torch.softmax(logits, -1).max(-1).values.mean(-1)}
