@@ -54,6 +54,18 @@ def test_parse_seeds_and_trials():
     assert sw.train_command(trials[1], grid, "/o", resume=True)[-2:] == ["--resume", "/o/A-v1__sac__2"]
 
 
+def test_progress_table_counts_and_aggregate_speed(tmp_path):
+    trials = sw.make_trials(["A-v1"], ["sac"], [0, 1, 2], 1)
+    for t, status in zip(trials, ("finished", "running", "running")):
+        t.status = status
+    for t, sps in zip(trials[1:], (120.0, 80.5)):
+        (tmp_path / t.run_dir).mkdir()
+        (tmp_path / t.run_dir / "train.csv").write_text(f"step,steps_per_s\n50,1\n100,{sps}\n")
+    text = sw.progress_table(sw.Sweep(str(tmp_path), {}, trials, []), str(tmp_path))
+    assert "1/3" in text and "100,100" in text and "aggregate 200 env-steps/s" in text
+    assert sw.tally(sw.Sweep(str(tmp_path), {}, trials, [])).startswith("1/3 done")
+
+
 def test_fastrsm_never_imports_ray():
     code = "import sys, fastrsm, fastrsm.train, fastrsm.cli, fastrsm.plot; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
