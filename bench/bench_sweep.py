@@ -11,7 +11,8 @@ Measures, one after another in one process:
       Ray's scheduling overhead per trial (including the sweep's bookkeeping; the final table and PNG are
       timed separately and left out);
    c. `fastrsm-sweep` with `--cpus-per-trial 1`: as many trials at once as CPUs.
-   Aggregate env-steps/s = trials × steps / wall.
+   Aggregate env-steps/s = trials × steps / wall. `*_trainer_s` sums the trainers' own wall times
+   (summary.json): on a shared, loaded CPU it tells a slower machine apart from Ray's overhead.
 
 Every trainer uses one torch thread (the smoke preset's). Results are printed and written as JSON.
 """
@@ -33,6 +34,16 @@ import time
 import ray
 
 from fastrsm import sweep as sw
+
+
+def _trainer_seconds(root: str) -> float:
+    """Sum of the trainers' own wall times (summary.json): what the trials cost inside their processes."""
+    total = 0.0
+    for d, _, files in os.walk(root):
+        if "summary.json" in files:
+            with open(os.path.join(d, "summary.json"), encoding="utf-8") as f:
+                total += json.load(f)["wall_time_s"]
+    return total
 
 SETTINGS = ["warmup_steps=500", "eval_every=1000", "eval_episodes=2", "log_every=500"]
 
@@ -80,6 +91,7 @@ def main() -> None:
                             "--total-steps", str(a.total_steps), *sets, "--run-dir", f"{tmp}/direct/{seed}"],
                            check=True, capture_output=True)
         res["direct_sequential_s"] = time.perf_counter() - t0
+        res["direct_sequential_trainer_s"] = _trainer_seconds(f"{tmp}/direct")
 
         def sweep(name: str, cpus: int) -> float:
             finish = sw.finish
@@ -103,6 +115,7 @@ def main() -> None:
                 sw.finish = finish
             assert code == 0, code
             res[f"{name}_finish_s"] = spent["finish"]
+            res[f"{name}_trainer_s"] = _trainer_seconds(f"{tmp}/{name}")
             return time.perf_counter() - t - spent["finish"]
 
         res["ray_sequential_s"] = sweep("ray_sequential", a.num_cpus)

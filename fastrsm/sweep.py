@@ -24,14 +24,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import fcntl
 import json
 import math
 import os
-import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -40,6 +36,7 @@ from typing import Any
 
 from .cli import EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_OK, EXIT_SIGINT, EXIT_USAGE, OneLineParser, parse_set, run_main
 from .config import field_names, make_config
+from .sweep_task import run_attempt
 from .utils import UsageError, atomic_write_json, atomic_write_text
 
 PROG = "fastrsm-sweep"
@@ -145,46 +142,6 @@ def train_command(trial: Trial, grid: dict[str, Any], out: str, resume: bool) ->
     for k, v in grid["set"].items():
         cmd += ["--set", f"{k}={v}"]
     return cmd
-
-
-# ------------------------------------------------------------------------------------------- one attempt
-def _kill_with_parent() -> None:
-    # Linux: the trainer gets SIGTERM (-> checkpoint, exit 143) when the Ray worker that started it dies,
-    # so a killed worker never leaves an orphan writing into the run dir that its retry will use.
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def run_attempt(cmd: list[str], run_dir: str, side: str, attempt: int, threads: int, fresh: bool) -> dict[str, Any]:
-    """Body of the Ray task: one attempt of a trial. `side` is the trial's bookkeeping folder (lock, pid, log),
-    outside the run dir (a new run needs an empty one)."""
-    os.makedirs(side, exist_ok=True)
-    t0 = time.time()
-    # The lock is held by the trainer itself (inherited fd): an attempt whose worker died keeps it until its
-    # trainer has saved its checkpoint and exited, and the next attempt waits for that here.
-    lock = os.open(os.path.join(side, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if fresh:
-            # No checkpoint to continue from (killed before the first one, or never started): start over.
-            shutil.rmtree(run_dir, ignore_errors=True)
-        env = dict(os.environ)
-        if threads:
-            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        with open(os.path.join(side, "train.log"), "ab") as logf:
-            logf.write(f"\n=== attempt {attempt}: {' '.join(cmd)}\n".encode())
-            logf.flush()
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, pass_fds=(lock,),
-                                    preexec_fn=_kill_with_parent, start_new_session=True)
-            atomic_write_json(os.path.join(side, "attempt.json"),
-                              {"attempt": attempt, "pid": proc.pid, "worker_pid": os.getpid(),
-                               "node": socket.gethostname(), "started": time.time()})
-            code = proc.wait()
-    finally:
-        os.close(lock)
-    return {"code": code, "node": socket.gethostname(), "seconds": time.time() - t0}
 
 
 # ------------------------------------------------------------------------------------------------ the state
