@@ -30,6 +30,8 @@ setup(
         "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3"],
         "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "ruff>=0.5"],
         "bench": ["stable-baselines3>=2.3"],
+        # fastrsm-sweep only (fastrsm/sweep.py is the one module that imports Ray).
+        "sweep": ["ray[default]>=2.9"],
     },
     entry_points={
         "console_scripts": [
@@ -37,6 +39,7 @@ setup(
             "fastrsm-eval=fastrsm.evaluate:main",
             "fastrsm-plot=fastrsm.plot:main",
             "fastrsm-bench=fastrsm.bench:main",
+            "fastrsm-sweep=fastrsm.sweep:main",
         ]
     },
 )

@@ -1,0 +1,568 @@
+"""`fastrsm-sweep`: a grid of (env, algo) × seeds on Ray (DESIGN.md "Sweeps").
+
+    fastrsm-sweep --envs Hopper-v4,Walker2d-v4 --algos dpmd,sdac,sac --seeds 0-4 --out sweeps/NAME
+                  [--preset P] [--set KEY=VALUE ...] [--total-steps N] [--seeds-per-process K]
+                  [--cpus-per-trial C] [--gpus-per-trial F] [--address ADDR] [--max-retries R]
+
+The only module of fastrsm that imports Ray (lazily, inside `main`). Ray schedules; the trials themselves are
+ordinary `fastrsm-train` processes, so a trial's state is its run directory and nothing else:
+
+- a trial is one (env, algo) and a tuple of seeds: one seed -> one run directory `OUT/<env>__<algo>__<seed>`;
+  K seeds (`--seeds-per-process K`, the multi-seed path of `fastrsm-train --seeds`) -> one group directory;
+- each attempt is a Ray task that runs `fastrsm-train` as a child process (a crash of the trainer, or of the
+  Ray worker, is then a failed attempt, not a dead driver); a retry continues from the trial's latest
+  checkpoint with `--resume`; exit code 3 (diverged) is a result and is never retried;
+- `OUT/sweep.json` (written atomically on every state change) holds the grid and each trial's status; running
+  the same command again skips finished trials and resumes the others.
+
+`OUT` must be on a file system every node sees (the driver reads the run directories for progress and the
+final table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .cli import EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_OK, EXIT_SIGINT, EXIT_USAGE, OneLineParser, parse_set, run_main
+from .config import field_names, make_config
+from .sweep_task import run_attempt
+from .utils import UsageError, atomic_write_json, atomic_write_text
+
+PROG = "fastrsm-sweep"
+STATE_FILE = "sweep.json"
+SWEEP_VERSION = 1
+INSTALL_HINT = ("Ray is not installed; fastrsm-sweep needs it: pip install 'fastrsm[sweep]' "
+                "(or pip install 'ray[default]')")
+# Trial states. `retried`: an attempt failed and another one is queued (from the latest checkpoint).
+STATES = ("pending", "running", "finished", "failed", "retried", "diverged")
+DONE = ("finished", "diverged", "failed")
+# Exit codes of fastrsm-train that another attempt cannot change: bad input, divergence, a full disk.
+NOT_RETRIED = (EXIT_USAGE, EXIT_DIVERGED, EXIT_NO_SPACE)
+# Settings the grid itself sets: a --set of these would silently fight the grid.
+GRID_KEYS = ("env_id", "algo", "seed")
+
+
+# ------------------------------------------------------------------------------------------------- the grid
+def parse_list(text: str, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",")]
+    if not text.strip() or any(not x for x in items):
+        raise UsageError(f"--{what} {text!r}: expected a comma-separated list with no empty items")
+    if len(set(items)) != len(items):
+        raise UsageError(f"--{what} {text!r}: an item is listed twice")
+    return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-4' -> [0..4]; '0,3,7' and '0-2,9' too. Seeds are non-negative, each at most once."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            if sep:
+                a, b = int(lo), int(hi)
+                if a > b:
+                    raise ValueError
+                seeds.extend(range(a, b + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise UsageError(f"--seeds {text!r}: expected seeds like 0-4, 0,2,5 or 0-2,7 (non-negative, "
+                             f"ranges low-high)") from None
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {text!r}: a seed is listed twice")
+    return seeds
+
+
+@dataclass
+class Trial:
+    """One schedulable unit: an (env, algo) and the seeds one process trains. `run_dir` is relative to --out."""
+
+    env: str
+    algo: str
+    seeds: list[int]
+    run_dir: str
+    status: str = "pending"
+    attempts: int = 0  # attempts started (1 + retries once it has run)
+    exit_code: int | None = None
+    message: str = ""
+    node: str = ""
+    seconds: float = 0.0  # wall time of all attempts
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per finished attempt
+
+    @property
+    def name(self) -> str:
+        return self.run_dir
+
+    @property
+    def label(self) -> str:
+        seeds = f"seed {self.seeds[0]}" if len(self.seeds) == 1 else f"seeds {','.join(map(str, self.seeds))}"
+        return f"{self.env} {self.algo} {seeds}"
+
+
+def make_trials(envs: Sequence[str], algos: Sequence[str], seeds: Sequence[int], per_process: int) -> list[Trial]:
+    trials = []
+    for env in envs:
+        for algo in algos:
+            for i in range(0, len(seeds), per_process):
+                group = list(seeds[i:i + per_process])
+                tail = str(group[0]) if len(group) == 1 else "seeds" + "-".join(map(str, group))
+                trials.append(Trial(env, algo, group, f"{env}__{algo}__{tail}"))
+    return trials
+
+
+def multi_seed_supported() -> bool:
+    """Whether the installed fastrsm-train has the multi-seed path (`--seeds a,b,...` in one process)."""
+    from .cli import build_train_parser
+
+    return any("--seeds" in a.option_strings for a in build_train_parser()._actions)
+
+
+def train_command(trial: Trial, grid: dict[str, Any], out: str, resume: bool) -> list[str]:
+    """The fastrsm-train command line of one attempt. A resumed attempt reads its settings from the run dir."""
+    run_dir = os.path.join(out, trial.run_dir)
+    cmd = [sys.executable, "-m", "fastrsm.train", "--quiet"]
+    if resume:
+        return [*cmd, "--resume", run_dir]
+    seeds = ["--seed", str(trial.seeds[0])] if len(trial.seeds) == 1 else ["--seeds", ",".join(map(str, trial.seeds))]
+    cmd += ["--env", trial.env, "--algo", trial.algo, *seeds, "--preset", grid["preset"], "--run-dir", run_dir]
+    if grid["total_steps"] is not None:
+        cmd += ["--total-steps", str(grid["total_steps"])]
+    for k, v in grid["set"].items():
+        cmd += ["--set", f"{k}={v}"]
+    return cmd
+
+
+# ------------------------------------------------------------------------------------------------ the state
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Sweep:
+    """The sweep's state file: the grid, the command lines that ran it, and every trial."""
+
+    def __init__(self, out: str, grid: dict[str, Any], trials: list[Trial], argv: list[str]):
+        self.out, self.grid, self.trials = out, grid, trials
+        self.path = os.path.join(out, STATE_FILE)
+        self.commands: list[str] = []
+        self.argv = argv
+        self.created = _now()
+
+    @classmethod
+    def open(cls, out: str, grid: dict[str, Any], trials: list[Trial], argv: list[str]) -> Sweep:
+        """A new sweep, or the one already in `out` if it has the same grid (else UsageError)."""
+        sweep = cls(out, grid, trials, argv)
+        if os.path.isfile(sweep.path):
+            try:
+                with open(sweep.path, encoding="utf-8") as f:
+                    saved = json.load(f)
+                old_grid, old_trials = saved["grid"], saved["trials"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise UsageError(f"--out {out}: {STATE_FILE} is unreadable ({e}); choose another --out") from None
+            if old_grid != grid:
+                diff = [k for k in sorted(set(grid) | set(old_grid)) if grid.get(k) != old_grid.get(k)]
+                raise UsageError(f"--out {out} holds another sweep (its {', '.join(diff)} differ); re-run that "
+                                 f"sweep's command or choose another --out")
+            by_dir = {t["run_dir"]: t for t in old_trials}
+            for t in trials:
+                if t.run_dir in by_dir:
+                    old = by_dir[t.run_dir]
+                    for k in ("status", "attempts", "exit_code", "message", "node", "seconds", "history"):
+                        setattr(t, k, old.get(k, getattr(t, k)))
+            sweep.commands = list(saved.get("commands", []))
+            sweep.created = saved.get("created", sweep.created)
+        elif os.path.isdir(out) and os.listdir(out):
+            raise UsageError(f"--out {out} exists, is not empty and holds no {STATE_FILE}; choose another --out")
+        return sweep
+
+    def save(self) -> None:
+        counts = {s: sum(t.status == s for t in self.trials) for s in STATES}
+        atomic_write_json(self.path, {
+            "version": SWEEP_VERSION, "grid": self.grid, "created": self.created, "updated": _now(),
+            "commands": self.commands, "counts": counts, "trials": [asdict(t) for t in self.trials]})
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _last_train_row(run_dir: str) -> dict[str, str]:
+    """The last row of train.csv (cheap: reads the file's tail only)."""
+    path = os.path.join(run_dir, "train.csv")
+    try:
+        with open(path, "rb") as f:
+            header = f.readline().decode().strip().split(",")
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 8192, 0))
+            last = f.read().decode(errors="replace").strip().splitlines()[-1].split(",")
+    except (OSError, IndexError):
+        return {}
+    return dict(zip(header, last)) if len(last) == len(header) and last != header else {}
+
+
+def progress_table(sweep: Sweep, out: str) -> str:
+    """Per (env, algo): trials done / running / failed, and the running trials' env steps; the aggregate
+    env-steps/s of the running trials (from their train.csv)."""
+    rows, total_sps = [], 0.0
+    groups: dict[tuple[str, str], list[Trial]] = {}
+    for t in sweep.trials:
+        groups.setdefault((t.env, t.algo), []).append(t)
+    for (env, algo), ts in groups.items():
+        steps = []
+        for t in ts:
+            if t.status == "running":
+                row = _last_train_row(os.path.join(out, t.run_dir))
+                with contextlib.suppress(KeyError, ValueError):
+                    steps.append(int(float(row["step"])))
+                    total_sps += float(row["steps_per_s"])
+        def n(*states: str, ts: list[Trial] = ts) -> int:
+            return sum(t.status in states for t in ts)
+
+        rows.append([env, algo, f"{n('finished', 'diverged')}/{len(ts)}", str(n("running")),
+                     str(n("failed")), str(n("diverged")), ",".join(map(str, steps)) or "-"])
+    header = ["env", "algo", "done", "running", "failed", "diverged", "env steps (running)"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines) + f"\naggregate {total_sps:.0f} env-steps/s over running trials\n"
+
+
+def tally(sweep: Sweep) -> str:
+    c = {s: sum(t.status == s for t in sweep.trials) for s in STATES}
+    return (f"{c['finished'] + c['diverged'] + c['failed']}/{len(sweep.trials)} done ({c['finished']} finished, "
+            f"{c['diverged']} diverged, {c['failed']} failed), {c['running']} running, "
+            f"{c['pending'] + c['retried']} waiting")
+
+
+def final_table(out: str, sweep: Sweep) -> tuple[str, list[dict[str, Any]]]:
+    """The paper table (fastrsm.plot: per seed the best evaluation mean, mean ± std over seeds) plus the final
+    evaluation's mean ± std over seeds, as markdown; and the plot's runs (for the PNG)."""
+    import numpy as np
+
+    from .plot import STD_DDOF, load_runs, paper_table
+
+    runs = load_runs([out])
+    rows = paper_table(runs)
+    finals: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        ok = np.isfinite(r.return_mean)
+        if ok.any():
+            finals.setdefault((r.env_id, r.algo), []).append(float(r.return_mean[ok][-1]))
+    status = {}
+    for t in sweep.trials:
+        status.setdefault((t.env, t.algo), []).append(t.status)
+    lines = ["| env | algo | seeds | best return (mean ± std) | final return (mean ± std) | trials |",
+             "|---|---|---:|---:|---:|---|"]
+    for row in rows:
+        key = (row["env"], row["algo"])
+        fin = np.array(finals.get(key, [math.nan]))
+        sts = status.get(key, [])
+        trials = ", ".join(f"{sts.count(s)} {s}" for s in STATES if sts.count(s))
+        seeds = ",".join("?" if s is None else str(s) for s in row["seeds"])
+        lines.append(f"| {row['env']} | {row['algo']} | {row['n_seeds']} ({seeds}) | {row['mean']:.1f} ± "
+                     f"{row['std']:.1f} | {fin.mean():.1f} ± {fin.std(ddof=STD_DDOF):.1f} | {trials} |")
+    caption = ("best: per seed the best evaluation average over the run, then mean ± std over seeds; final: the "
+               "last evaluation, mean ± std over seeds (std with ddof=0)")
+    return "\n".join(lines) + f"\n\n{caption}\n", rows
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=PROG, description="Run a grid of fastrsm-train runs ((env, algo) × seeds) on Ray: "
+                      "locally by default, on a cluster with --address.")
+    p.add_argument("--envs", required=True, help="comma-separated environment ids, e.g. Hopper-v4,Walker2d-v4")
+    p.add_argument("--algos", required=True, help="comma-separated algorithms, e.g. dpmd,sdac,sac")
+    p.add_argument("--seeds", required=True, help="seeds: 0-4, 0,2,5 or 0-2,7")
+    p.add_argument("--out", required=True, help="the sweep's directory (one run dir per trial, sweep.json, "
+                                                "table.md, curves.png); on a cluster, a shared file system")
+    p.add_argument("--preset", default="paper", help="settings preset of every run (paper or smoke)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of every run")
+    p.add_argument("--total-steps", type=int, default=None, help="environment steps per run (default: preset's)")
+    p.add_argument("--seeds-per-process", type=int, default=1, metavar="K",
+                   help="seeds trained by one process (K > 1 needs fastrsm-train --seeds)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C", help="Ray CPUs per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="F",
+                   help="Ray GPUs per trial, fractional to share one (0.25: four per GPU); 0 = train on CPU")
+    p.add_argument("--address", default=None, help="join this Ray cluster (host:port, auto or ray://...); "
+                                                   "default: start Ray locally in this process")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--max-retries", type=int, default=2, metavar="R",
+                   help="attempts after a trial's process dies, each from its latest checkpoint (default 2)")
+    p.add_argument("--report-every", type=float, default=60.0, metavar="S",
+                   help="seconds between progress tables (default 60)")
+    return p
+
+
+@dataclass
+class Plan:
+    out: str
+    grid: dict[str, Any]
+    trials: list[Trial]
+    args: argparse.Namespace
+
+
+def prepare(argv: Sequence[str] | None) -> Plan:
+    """Every check a sweep's input gets before Ray starts or a file is written."""
+    from .agents import check_algo
+    from .envs import check_env_id
+
+    args = build_parser().parse_args(argv)
+    envs, algos = parse_list(args.envs, "envs"), parse_list(args.algos, "algos")
+    seeds = parse_seeds(args.seeds)
+    if args.seeds_per_process < 1:
+        raise UsageError(f"--seeds-per-process must be at least 1, got {args.seeds_per_process}")
+    if args.seeds_per_process > 1 and not multi_seed_supported():
+        raise UsageError(f"--seeds-per-process {args.seeds_per_process} needs the multi-seed path "
+                         "(fastrsm-train --seeds), which this fastrsm-train does not have; use --seeds-per-process 1")
+    if args.total_steps is not None and args.total_steps < 1:
+        raise UsageError(f"--total-steps must be positive, got {args.total_steps}")
+    if args.max_retries < 0:
+        raise UsageError(f"--max-retries must be 0 or more, got {args.max_retries}")
+    if not args.cpus_per_trial > 0:
+        raise UsageError(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
+    f = args.gpus_per_trial
+    if not (f >= 0 and math.isfinite(f)) or (f > 1 and f != int(f)):
+        raise UsageError(f"--gpus-per-trial must be 0, a fraction below 1 or a whole number, got {f:g}")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise UsageError(f"--num-cpus must be at least 1, got {args.num_cpus}")
+    if args.num_cpus is not None and args.address:
+        raise UsageError("--num-cpus sizes the local Ray; a cluster (--address) has its own")
+    overrides = parse_set(args.set)
+    for k in overrides:
+        if k in GRID_KEYS:
+            raise UsageError(f"--set {k}=...: the sweep sets {k} from --envs/--algos/--seeds")
+        if k not in field_names():
+            make_config(args.preset, {k: overrides[k]})  # raises ConfigError naming the closest setting
+    for algo in algos:
+        check_algo(algo)
+    for env in envs:
+        # The whole config of each (env, algo) is validated here, so no trial fails on a setting later.
+        cfg = make_config(args.preset, {**overrides, "env_id": env, "algo": algos[0], "seed": seeds[0],
+                                        **({"total_steps": args.total_steps} if args.total_steps else {})})
+        check_env_id(env, cfg.env_backend)
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
+    grid = {"envs": envs, "algos": algos, "seeds": seeds, "seeds_per_process": args.seeds_per_process,
+            "preset": args.preset, "total_steps": args.total_steps, "set": overrides}
+    return Plan(out, grid, make_trials(envs, algos, seeds, args.seeds_per_process), args)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast (a few seconds, not Ray's minute of retries) on an address nothing listens at."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--address {address}: no Ray cluster reachable there ({e}); start one with "
+                         "`ray start --head` or check the address") from None
+
+
+def start_ray(ray: Any, args: argparse.Namespace) -> None:
+    """Join `--address`, reuse a Ray already initialised in this process (tests), or start one locally."""
+    if ray.is_initialized():
+        return
+    common = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+                  configure_logging=True)
+    if args.address:
+        _check_reachable(args.address)
+        try:
+            ray.init(address=args.address, **{k: v for k, v in common.items() if k != "include_dashboard"})
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UsageError(f"--address {args.address}: cannot join the Ray cluster ({' '.join(str(e).split())})") \
+                from None
+    else:
+        # "local": never join some other Ray found on this machine by accident.
+        ray.init(address="local", num_cpus=args.num_cpus, **common)
+
+
+def check_resources(ray: Any, args: argparse.Namespace) -> None:
+    res = ray.cluster_resources()
+    if args.gpus_per_trial > 0 and res.get("GPU", 0) <= 0:
+        where = "the cluster" if args.address else "this machine"
+        raise UsageError(f"--gpus-per-trial {args.gpus_per_trial:g}: {where} has no GPU for Ray; use "
+                         "--gpus-per-trial 0 (train on CPU)")
+    if args.gpus_per_trial > res.get("GPU", 0):
+        raise UsageError(f"--gpus-per-trial {args.gpus_per_trial:g} is more than the {res.get('GPU', 0):g} GPUs here")
+    if args.cpus_per_trial > res.get("CPU", 0):
+        raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g} is more than the {res.get('CPU', 0):g} CPUs "
+                         "Ray has")
+
+
+def _has_checkpoint(run_dir: str) -> bool:
+    """A run dir with its latest checkpoint, or a multi-seed group (fastrsm.group) whose seeds all have theirs."""
+    if os.path.isfile(os.path.join(run_dir, "checkpoints", "latest.pt")):
+        return True
+    try:
+        with open(os.path.join(run_dir, "group.json"), encoding="utf-8") as f:
+            seeds = json.load(f)["seeds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(seeds) and all(os.path.isfile(os.path.join(run_dir, f"seed_{s}", "checkpoints", "latest.pt"))
+                               for s in seeds)
+
+
+def _summary_status(run_dir: str) -> str | None:
+    try:
+        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+            return json.load(f).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def run_sweep(plan: Plan, argv: list[str]) -> int:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+    args, out = plan.args, plan.out
+    sweep = Sweep.open(out, plan.grid, plan.trials, argv)  # refuses another sweep's --out before Ray starts
+    start_ray(ray, args)
+    check_resources(ray, args)
+
+    os.makedirs(out, exist_ok=True)
+    sweep.commands.append(" ".join([PROG, *argv]))
+    side_root = os.path.join(out, ".sweep")
+    # A trial's torch threads: the preset's / --set's, or (when that is 0, torch's "all cores") its Ray CPUs,
+    # so trials sharing a machine do not oversubscribe it (OpenMP's spinning makes that many times slower).
+    preset_threads = make_config(plan.grid["preset"], plan.grid["set"]).torch_threads
+    threads = preset_threads or max(1, int(args.cpus_per_trial))
+    device = [] if "device" in plan.grid["set"] else ["--device", "cuda" if args.gpus_per_trial > 0 else "cpu"]
+    task = ray.remote(run_attempt).options(num_cpus=args.cpus_per_trial, num_gpus=args.gpus_per_trial,
+                                           max_retries=0)  # retries are ours: they resume from the checkpoint
+
+    def set_status(t: Trial, status: str, why: str = "") -> None:
+        t.status = status
+        sweep.save()
+        extra = f" (attempt {t.attempts})" if status == "running" else ""
+        _say(f"{t.label}: {status}{extra}{': ' + why if why else ''}  [{tally(sweep)}]")
+
+    def submit(t: Trial) -> Any:
+        run_dir = os.path.join(out, t.run_dir)
+        resume = _has_checkpoint(run_dir)
+        cmd = train_command(t, plan.grid, out, resume)
+        if not resume:
+            cmd += device + (["--set", f"torch_threads={threads}"] if not preset_threads else [])
+        t.attempts += 1
+        return task.remote(cmd, run_dir, os.path.join(side_root, t.run_dir), t.attempts, threads, not resume)
+
+    # Trials already done in an earlier run of this command are skipped; finished means a finished summary.
+    inflight: dict[Any, Trial] = {}
+    for t in sweep.trials:
+        if t.status in ("finished", "diverged") and _summary_status(os.path.join(out, t.run_dir)) == t.status:
+            continue
+        if t.status != "pending":
+            t.status = "retried" if t.attempts else "pending"
+        inflight[submit(t)] = t
+    skipped = len(sweep.trials) - len(inflight)
+    sweep.save()
+    _say(f"sweep {out}: {len(sweep.trials)} trials ({skipped} already done), Ray "
+         f"{'at ' + args.address if args.address else 'local'} with {ray.cluster_resources().get('CPU', 0):g} CPUs, "
+         f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
+
+    last_report = time.time()
+    try:
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            # An attempt is running once its trainer has started (its attempt.json names this attempt).
+            for t in inflight.values():
+                if t.status in ("pending", "retried"):
+                    with contextlib.suppress(OSError, ValueError):
+                        with open(os.path.join(side_root, t.run_dir, "attempt.json"), encoding="utf-8") as f:
+                            info = json.load(f)
+                        if info.get("attempt") == t.attempts:
+                            t.node = info.get("node", "")
+                            set_status(t, "running")
+            for ref in ready:
+                t = inflight.pop(ref)
+                try:
+                    res = ray.get(ref)
+                    code, why = res["code"], ""
+                    t.seconds += res["seconds"]
+                except ray.exceptions.LocalRayletDiedError:
+                    # Ray itself is gone here (the driver's node): no attempt can run, so stop, resumable.
+                    inflight[ref] = t
+                    raise KeyboardInterrupt from None
+                except Exception as e:  # the Ray worker or its node died: the attempt failed, retryable
+                    code, why = None, f"Ray: {' '.join(str(e).split())[:200]}"
+                t.exit_code = code
+                t.history.append({"attempt": t.attempts, "exit_code": code, "ended": _now(), **({"error": why}
+                                                                                               if why else {})})
+                run_dir = os.path.join(out, t.run_dir)
+                if code == EXIT_OK:
+                    t.message = ""
+                    set_status(t, "finished")
+                elif code == EXIT_DIVERGED:
+                    t.message = "diverged (NaN/inf); a result, not retried"
+                    set_status(t, "diverged", t.message)
+                else:
+                    why = why or (f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}")
+                    t.message = f"{why}; log: {os.path.join(side_root, t.run_dir, 'train.log')}"
+                    if code not in NOT_RETRIED and t.attempts <= args.max_retries:
+                        again = "from its checkpoint" if _has_checkpoint(run_dir) else "from the start"
+                        set_status(t, "retried", f"{why}; again {again}")
+                        inflight[submit(t)] = t
+                    else:
+                        set_status(t, "failed", t.message)
+            if time.time() - last_report >= args.report_every and inflight:
+                last_report = time.time()
+                print(progress_table(sweep, out), end="", flush=True)
+    except KeyboardInterrupt:  # Ctrl-C, or Ray gone: the trainers get SIGTERM (checkpoint) with their workers
+        for t in inflight.values():
+            t.status = "retried" if t.attempts > 1 else "pending"
+        sweep.save()
+        _say(f"interrupted: {tally(sweep)}; run the same command again to continue")
+        ray.shutdown()
+        return EXIT_SIGINT
+
+    return finish(sweep, out)
+
+
+def finish(sweep: Sweep, out: str) -> int:
+    from .plot import PlotError, save_plot
+
+    _say(f"sweep done: {tally(sweep)}")
+    try:
+        table, _ = final_table(out, sweep)
+        from .plot import load_runs
+
+        png = save_plot(load_runs([out]), os.path.join(out, "curves.png"))
+    except PlotError as e:
+        print(f"{PROG}: no table: {e}", file=sys.stderr)
+        return 1
+    atomic_write_text(os.path.join(out, "table.md"), table)
+    print(table, end="")
+    print(f"{PROG}: wrote {os.path.join(out, 'table.md')} and {png}", file=sys.stderr)
+    # A diverged trial is a result; only a failed one (out of retries) makes the sweep fail.
+    return EXIT_OK if not any(t.status == "failed" for t in sweep.trials) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`fastrsm-sweep` entry point; returns the exit code (2, with one line, on bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> int:
+        plan = prepare(argv)
+        return run_sweep(plan, argv)
+
+    return run_main(PROG, body)
+
+
+__all__ = ["Trial", "Sweep", "make_trials", "parse_seeds", "multi_seed_supported", "train_command", "main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
