@@ -715,7 +715,10 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (a time limit around the suite) ends the running command's group too, via run_step
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # a suite started from inside pytest-xdist (the CI test) must not hand its worker variables to the pytest runs
+    # it starts: pytest-benchmark would take them for xdist and refuse --benchmark-only
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST"))}
+    env["PYTHONUNBUFFERED"] = "1"
     for part in PARTS:
         if part not in only:
             continue

@@ -90,7 +90,7 @@ def _spawn(args: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(path, proc, timeout=120.0) -> None:
+def _wait_for(path, proc, timeout=300.0) -> None:
     t0 = time.time()
     while not os.path.exists(path):
         assert proc.poll() is None, proc.communicate()
