@@ -30,6 +30,8 @@ setup(
         "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3"],
         "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "ruff>=0.5"],
         "bench": ["stable-baselines3>=2.3"],
+        # DACER's official entropy estimator (--dacer-entropy sklearn); the default torch EM needs nothing
+        "dacer": ["scikit-learn>=1.3"],
     },
     entry_points={
         "console_scripts": [

@@ -7,11 +7,13 @@ import torch
 from ..backend import Ops
 from ..config import Config, ConfigError
 from .base import Agent, Parts
+from .dacer import DACER
+from .dacer2 import DACER2
 from .dpmd import DPMD
 from .sac import SAC
 from .sdac import SDAC
 
-AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC)}
+AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC, DACER, DACER2)}
 
 
 def check_algo(algo: str) -> None:
@@ -25,4 +27,4 @@ def make_agent(algo: str, obs_dim: int, act_dim: int, cfg: Config, device: torch
     return AGENTS[algo](obs_dim, act_dim, cfg, device, ops)
 
 
-__all__ = ["AGENTS", "Agent", "DPMD", "Parts", "SAC", "SDAC", "check_algo", "make_agent"]
+__all__ = ["AGENTS", "Agent", "DACER", "DACER2", "DPMD", "Parts", "SAC", "SDAC", "check_algo", "make_agent"]
