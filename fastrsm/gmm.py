@@ -28,6 +28,11 @@ def _log_gauss(x: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor) -> torch
     return -0.5 * (z**2).sum(-2) - half_logdet.unsqueeze(-1) - 0.5 * d * math.log(2 * math.pi)
 
 
+def _one_hot(idx: torch.Tensor, K: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, n] indices -> [B, K, n] one-hot, by comparison (F.one_hot checks its input's range on the host)."""
+    return (idx.unsqueeze(1) == torch.arange(K, device=idx.device).view(1, K, 1)).to(dtype)
+
+
 def _m_step(x: torch.Tensor, resp: torch.Tensor, reg: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weights [B, K], means [B, K, d], covariances [B, K, d, d] from responsibilities resp [B, K, n]."""
     n, d = x.shape[1], x.shape[2]
@@ -55,13 +60,11 @@ def fit_gmm(x: torch.Tensor, components: int = 3, iters: int = 100, kmeans_iters
         far = torch.cdist(x, centres).min(-1).values.argmax(-1)  # [B]
         centres = torch.cat([centres, torch.gather(x, 1, far.view(B, 1, 1).expand(-1, 1, d))], dim=1)
     for _ in range(kmeans_iters):
-        hard = torch.cdist(x, centres).argmin(-1)  # [B, n]
-        onehot = torch.nn.functional.one_hot(hard, K).to(x.dtype).transpose(1, 2)  # [B, K, n]
+        onehot = _one_hot(torch.cdist(x, centres).argmin(-1), K, x.dtype)  # [B, K, n]
         counts = onehot.sum(-1, keepdim=True)
         # an emptied cluster keeps its centre
         centres = torch.where(counts > 0, onehot @ x / counts.clamp(min=1), centres)
-    hard = torch.cdist(x, centres).argmin(-1)
-    resp = torch.nn.functional.one_hot(hard, K).to(x.dtype).transpose(1, 2)
+    resp = _one_hot(torch.cdist(x, centres).argmin(-1), K, x.dtype)
     w, mean, cov = _m_step(x, resp, reg)
     # scikit-learn stops a fit once the mean log-likelihood moves by less than `tol`; here each state's fit is
     # frozen from then on (branch-free, so the loop length is fixed and no value is read on the host)
@@ -84,7 +87,9 @@ def fit_gmm(x: torch.Tensor, components: int = 3, iters: int = 100, kmeans_iters
 def mixture_entropy_bound(w: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     """H = −Σ w log w + Σ w·(½d(1 + log 2π) + ½ logdet Σ_k), per state: w [B, K], cov [B, K, d, d] -> [B]."""
     d = cov.shape[-1]
-    gauss = 0.5 * d * (1 + math.log(2 * math.pi)) + 0.5 * torch.linalg.slogdet(cov)[1]
+    # ½ logdet Σ = Σ log diag(L): Cholesky without its error check, so no host sync under a CUDA graph
+    half_logdet = torch.diagonal(torch.linalg.cholesky_ex(cov)[0], dim1=-2, dim2=-1).log().sum(-1)
+    gauss = 0.5 * d * (1 + math.log(2 * math.pi)) + half_logdet
     return -(w * w.log()).sum(-1) + (w * gauss).sum(-1)
 
 
