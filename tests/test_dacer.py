@@ -124,8 +124,8 @@ def _batch(B: int = 8) -> Batch:
 
 @pytest.mark.parametrize("algo", ["dacer", "dacer2"])
 def test_policy_gradient_reaches_the_first_reverse_step(algo):
-    """A parameter used only at the first reverse step (x_T -> x_{T-1}) gets a gradient: the time embedding's
-    bias, fed by the embedding of t = T only, on an extra linear applied at that step."""
+    """A parameter used only at the first reverse step (x_T -> x_{T-1}, index T − 1) gets a gradient: an offset
+    added to ε̂ at that step alone, so its gradient must travel back through every later step and the clip."""
     torch.manual_seed(0)
     agent = _agent(algo)
     net = agent.policy.eps_net
