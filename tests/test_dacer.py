@@ -281,3 +281,14 @@ def test_resume_is_exact_and_seeded(tmp_path, algo):
     assert "entropy" in (straight / "train.csv").read_text().splitlines()[0]
     assert main([*TINY, "--algo", algo, "--total-steps", "300", "--seed", "1", "--run-dir", str(other)]) == 0
     assert not _same(_params(other), at_300)
+
+
+@pytest.mark.parametrize("grad_at, sign", [("chain", "descent"), ("forward", "ascent")])
+def test_dacer2_policy_loss_is_lq_plus_eta_lg(grad_at, sign):
+    agent = _agent("dacer2", dacer2_grad_at=grad_at, dacer2_sign=sign, dacer2_eta=0.3)
+    torch.manual_seed(0)
+    loss, m = agent.policy_loss(_batch().obs)
+    assert loss.item() == pytest.approx(m["loss_pi_q"].item() + 0.3 * m["loss_pi_g"].item(), rel=1e-6)
+    assert m["loss_pi_g"].item() > 0
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in agent.policy.parameters())
