@@ -1,6 +1,9 @@
 """Learning test of the baselines (issue 15): with the smoke preset and seed 0, DACER and DACER2 reach an
 evaluation return >= 900 on InvertedPendulum-v4 within 20 000 env steps. Their evaluation is the policy acting
-alone (one chain sample, no best-of-N, no added noise), so the bar tests the policy update itself."""
+alone (one chain sample, no best-of-N, no added noise), so the bar tests the policy update itself.
+
+Measured (2026-11-29, the shared 2-core CPU machine, 1 thread, seed 0): DACER 1000 at 18 000 steps (1275 s),
+DACER2 1000 at 18 000 steps (1102 s); both were near 100 at 12 000 steps, so the margin is one evaluation."""
 
 from __future__ import annotations
 
