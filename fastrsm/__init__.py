@@ -1,3 +1,19 @@
-"""fastrsm: online RL with diffusion policies trained by Reweighted Score Matching (DPMD, SDAC), and SAC."""
+"""fastrsm: online RL with diffusion policies trained by Reweighted Score Matching (DPMD, SDAC), and SAC.
+
+`fastrsm.load_policy(run_dir)` loads a trained policy to act with (fastrsm/policy.py); it is imported on first
+use, so `import fastrsm` stays light."""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["Policy", "load_policy", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Policy", "load_policy"):
+        from . import policy
+
+        return getattr(policy, name)
+    raise AttributeError(f"module 'fastrsm' has no attribute {name!r}")

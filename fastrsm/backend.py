@@ -17,6 +17,7 @@ Triton is imported only when the triton backend is chosen, so the library import
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,13 +49,28 @@ def triton_available() -> bool:
     return True
 
 
-def resolve_backend(name: str, device: torch.device | str) -> str:
-    """'auto' -> 'triton' on CUDA when triton imports, else 'torch'; other names are checked and returned."""
+# On a CPU, 'auto' compiles act and update (fastrsm.compiled) when a run has at least this many updates: the
+# start-up (about a minute on a small CPU, less with inductor's cache) then pays for itself (bench/RESULTS.md).
+AUTO_COMPILE_MIN_UPDATES = 50_000
+
+
+def compiler_available() -> bool:
+    """torch.compile on a CPU needs a C++ compiler for inductor's generated code."""
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+def resolve_backend(name: str, device: torch.device | str, updates: int | None = None) -> str:
+    """'auto' -> 'triton' on CUDA when triton imports; on a CPU 'compile' for a run of at least
+    AUTO_COMPILE_MIN_UPDATES `updates` (when a C++ compiler is present), else 'torch'. Other names are checked
+    and returned."""
     device = torch.device(device)
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        if device.type == "cuda":
+            return "triton" if triton_available() else "torch"
+        long_run = updates is not None and updates >= AUTO_COMPILE_MIN_UPDATES
+        return "compile" if long_run and compiler_available() else "torch"
     if name == "triton":
         problem = triton_device_problem(device)
         if problem is not None:

@@ -1,7 +1,8 @@
 """`fastrsm-bench`: end-to-end speed of one configuration under each backend, same machine, one run.
 
-Backends: `torch` (eager PyTorch), `compile` (torch.compile of the hot paths), `graphs` (PyTorch ops, act and
-update captured as CUDA graphs) and `triton` (the fused Triton kernels inside CUDA graphs). For each:
+Backends: `torch` (eager PyTorch), `compile` (torch.compile of the whole act and of each update, as training
+runs it), `graphs` (PyTorch ops, act and update captured as CUDA graphs) and `triton` (the fused Triton kernels
+inside CUDA graphs). For each:
 
 - update latency: N updates on a replay buffer filled with random transitions of the task's shapes (no env
   needed; an update's cost does not depend on the values), timed with CUDA events on CUDA;
@@ -36,6 +37,7 @@ from . import loop
 from .agents import check_algo, make_agent
 from .backend import BackendError, make_ops
 from .cli import OneLineParser, parse_set, run_main
+from .compiled import CompiledAgent
 from .config import Config, make_config
 from .envs import check_env_id, make_vec_env
 from .graphs import GraphedAgent, make_fast_agent
@@ -150,7 +152,8 @@ def bench_backend(name: str, cfg: Config, obs_dim: int, act_dim: int, device: to
         agent = make_agent(cfg.algo, obs_dim, act_dim, cfg, device, ops)
         rb = ReplayBuffer(cfg.buffer_size, obs_dim, act_dim, device, cfg.batch_size)
         fill_random(rb, min(args.fill, cfg.buffer_size), args.seed)
-        fast = make_fast_agent(agent, cfg.num_envs, enabled=graphs)
+        # what training runs for this backend: CUDA graphs, whole-function torch.compile, or the eager agent
+        fast = CompiledAgent(agent) if ops_name == "compile" else make_fast_agent(agent, cfg.num_envs, enabled=graphs)
         obs = torch.randn(cfg.num_envs, obs_dim, device=device)
         # Warm-up: graph capture, torch.compile and Triton compilation, cuBLAS set-up; none of it is timed.
         fast.capture(rb, obs)

@@ -20,7 +20,7 @@ import torch
 
 from .agents import AGENTS, check_algo
 from .backend import BackendError, check_chain_options, resolve_backend
-from .config import Config, ConfigError, field_names, load_config_file, make_config
+from .config import FIELD_HELP, PRESETS, Config, ConfigError, field_names, load_config_file, make_config
 from .envs import EnvIdError, make_vec_env
 from .runlog import load_checkpoint, read_config
 from .utils import UsageError, resolve_device
@@ -76,7 +76,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", default=None, help="vectorised environments")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--backend", default=None, help="hot-path implementation: auto, torch, compile or triton")
-    p.add_argument("--preset", default="paper", help="paper (SPEC §7) or smoke (tiny, CPU-friendly)")
+    p.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESETS)}: paper (the authors' relax code, "
+                   "SPEC §7), smoke (tiny, CPU-friendly), flowrl (the authors' later FlowRL library's settings)")
     p.add_argument("--run-dir", default=None, help="run directory (default runs/<env>__<algo>__<seed>__<time>)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--config", default=None, metavar="FILE", help="JSON file of settings")
@@ -87,8 +88,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     for name in field_names():
         if name in EXPLICIT.values():
             continue
+        note = f"{FIELD_HELP[name]} " if name in FIELD_HELP else ""
         g.add_argument("--" + name.replace("_", "-"), dest="cfg_" + name, default=None, metavar="V",
-                       help=f"(paper: {getattr(paper, name)})")
+                       help=f"{note}(paper: {getattr(paper, name)})")
     return p
 
 

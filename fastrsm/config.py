@@ -22,6 +22,9 @@ DPMD_WEIGHTS = ("exp", "softmax")
 DACER_ENTROPY = ("torch", "sklearn")
 DACER2_SIGNS = ("descent", "ascent")
 DACER2_GRAD_AT = ("chain", "forward")
+CRITIC_ACTIVATIONS = ("mish", "relu")
+SDAC_ANCHORS = ("policy", "replay")
+SDAC_REVERSE = ("clip", "truncnorm")
 
 
 class ConfigError(ValueError):
@@ -58,6 +61,8 @@ class Config:
     layers: int = 3
     time_dim: int = 16
     # --- critic ---
+    critic_layers: int = 0  # hidden layers of the critics; 0 = `layers`
+    critic_activation: str = "mish"  # mish (the authors' relax code) or relu (FlowRL)
     lr_q: float = 3e-4
     gamma: float = 0.99
     tau: float = 0.005
@@ -74,9 +79,12 @@ class Config:
     diffusion_steps: int = 20
     schedule: str = "linear"
     beta_scale: float = 0.8
-    particles: int = 32  # N, best-of-N candidates per state
+    particles: int = 32  # N, best-of-N candidates per state (evaluation, and training unless set below)
+    train_particles: int = 0  # N of the exploring action during training; 0 = `particles` (FlowRL: 1)
+    target_particles: int = 0  # N of the bootstrap's a' (also DPMD's a_0 / SDAC's anchor); 0 = `particles`
     reverse_samples: int = 64  # K, SDAC's samples of phi_{0|t}
     # --- temperature ---
+    learn_alpha: bool = True  # False: α stays alpha_init (FlowRL's fixed temperature)
     alpha_init: float = 5.0
     lr_alpha: float = 7e-3
     alpha_every: int = 250  # gradient (critic) updates between alpha steps, as the authors' `step % 250`
@@ -86,9 +94,12 @@ class Config:
     dpmd_weights: str = "exp"  # exp = exp(clip(q_norm)/lambda); softmax = K*softmax_k(q/lambda)
     q_norm_rate: float = 0.001
     q_clip: float = 3.0
+    q_norm_eps: float = 0.0  # (Q − m)/(σ + eps); FlowRL adds 1e-6
     public_code_norm: bool = False  # reproduce the public code's `q - mean / std` precedence bug
     # --- SDAC ---
     sdac_q_scale: float = 5.0  # SDAC logits are sdac_q_scale * q / alpha
+    sdac_anchor: str = "policy"  # h_t: the policy's action at s' noised (policy) or the replay action at s (replay)
+    sdac_reverse: str = "clip"  # reverse samples a_0^k clipped to [-1, 1] (clip) or from a truncated normal
     # --- SAC ---
     sac_alpha_init: float = math.e  # log α₀ = 1, the authors' SAC baseline
     sac_policy_delay: int = 1  # the authors' SAC: actor, α and targets on every gradient update
@@ -130,6 +141,10 @@ class Config:
              f"unknown chain-noise {self.chain_noise!r}; choose one of {', '.join(CHAIN_NOISE)}")
         need(self.chain_precision in CHAIN_PRECISIONS,
              f"unknown chain-precision {self.chain_precision!r}; choose one of {', '.join(CHAIN_PRECISIONS)}")
+        for name, allowed in (("critic_activation", CRITIC_ACTIVATIONS), ("sdac_anchor", SDAC_ANCHORS),
+                              ("sdac_reverse", SDAC_REVERSE)):
+            need(getattr(self, name) in allowed,
+                 f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         need(self.dpmd_weights in DPMD_WEIGHTS,
              f"unknown dpmd_weights {self.dpmd_weights!r}; choose one of {', '.join(DPMD_WEIGHTS)}")
         for name in ("total_steps", "num_envs", "batch_size", "buffer_size", "hidden", "layers", "time_dim",
@@ -137,7 +152,8 @@ class Config:
                      "sac_policy_delay", "alpha_every", "eval_every", "log_every"):
             v = getattr(self, name)
             need(v > 0, f"{name.replace('_', '-')} must be a positive integer, got {v}")
-        for name in ("warmup_steps", "torch_threads", "lr_decay_start", "lr_decay_end", "nan_check_every"):
+        for name in ("warmup_steps", "torch_threads", "lr_decay_start", "lr_decay_end", "nan_check_every",
+                     "critic_layers", "train_particles", "target_particles"):
             v = getattr(self, name)
             need(v >= 0, f"{name.replace('_', '-')} must be >= 0, got {v}")
         for name in ("utd", "lr_q", "lr_policy", "lr_policy_end", "lr_alpha", "lr_sac_alpha", "alpha_init",
@@ -148,6 +164,7 @@ class Config:
         need(0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}")
         need(not math.isnan(self.stop_return), "stop-return must be a number")
         need(self.explore_std >= 0, f"explore-std must be >= 0, got {self.explore_std}")
+        need(self.q_norm_eps >= 0, f"q-norm-eps must be >= 0, got {self.q_norm_eps}")
         need(self.lr_decay_end >= self.lr_decay_start, "lr-decay-end must be >= lr-decay-start")
         need(self.buffer_size >= self.batch_size, "buffer-size must be at least batch-size")
         for name, choices in (("dacer_entropy", DACER_ENTROPY), ("dacer2_sign", DACER2_SIGNS),
@@ -195,6 +212,39 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr_q=1e-4, lr_policy=1e-4, lr_policy_end=1e-4, tau=0.005, reward_scale=0.2, batch_size=256,
         policy_delay=2,
     ),
+    # The authors' later library FlowRL (SPEC §11; per-algorithm settings in PRESET_ALGO). Not reproduced: its
+    # ε-network's learnable Fourier time embedding (64) and state MLP (128, 128); fastrsm keeps its own ε-network.
+    "flowrl": dict(
+        num_envs=1, utd=1.0, warmup_steps=5_000, eval_every=10_000, eval_episodes=10, log_every=1_000,
+        batch_size=256, buffer_size=1_000_000, learn_alpha=False, explore_std=0.0, particles=10,
+        train_particles=1, target_particles=1, policy_delay=1, lr_q=3e-4, lr_policy=3e-4, lr_policy_end=3e-4,
+        tau=0.005, gamma=0.99, reward_scale=1.0, critic_layers=2, critic_activation="relu", schedule="cosine",
+        beta_scale=1.0, diffusion_steps=20, q_norm_rate=1e-4, q_norm_eps=1e-6, q_clip=3.0,
+    ),
+}
+
+
+# Settings a preset gives one algorithm only (applied after the preset's common part, before the user's).
+PRESET_ALGO: dict[str, dict[str, dict[str, Any]]] = {
+    # FlowRL (github typoverflow/flow-rl, examples/online/config/mujoco/{config.yaml,algo/dpmd.yaml,algo/sdac.yaml}):
+    # fixed temperature, one env at UTD 1, training actions one chain sample without noise, best of 10 to evaluate.
+    "flowrl": {
+        "dpmd": dict(alpha_init=0.1, layers=2),  # temp 0.1; ε-network 2×256
+        "sdac": dict(alpha_init=0.05, sdac_q_scale=1.0, layers=3, reverse_samples=500, sdac_anchor="replay",
+                     sdac_reverse="truncnorm"),  # temp 0.05 (per task 0.01–0.2 in scripts/mujoco/sdac.sh)
+    },
+}
+
+
+# Notes shown beside a setting in `fastrsm-train --help`.
+FIELD_HELP: dict[str, str] = {
+    "schedule": "linear, cosine or vp; the authors' training script always runs linear (it never forwards the "
+                "option); their cosine β are scaled by beta-scale, as here",
+    "alpha_every": "gradient updates between α steps (the authors test step %% 250)",
+    "learn_alpha": "false: a fixed temperature α = alpha-init (FlowRL)",
+    "lr_decay_start": "policy-optimiser steps (optax counts its own updates)",
+    "public_code_norm": "reproduce the public DPMD's q - mean / std precedence bug (constant weights)",
+    "sac_policy_delay": "1 = the authors' SAC baseline the paper compares against; 2 = TD3-style",
 }
 
 
@@ -254,6 +304,8 @@ def make_config(preset: str = "paper", overrides: dict[str, Any] | None = None) 
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     cfg = apply_overrides(Config(), dict(PRESETS[preset]))
+    algo = (overrides or {}).get("algo", cfg.algo)
+    cfg = apply_overrides(cfg, dict(PRESET_ALGO.get(preset, {}).get(algo, {})))
     cfg = apply_overrides(cfg, overrides or {})
     return cfg.validate()
 

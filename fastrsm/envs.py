@@ -181,6 +181,11 @@ class VecEnv:
             raise EnvIdError(f"environment {self.env_id!r} has observation space {obs_space}; "
                              "only flat 1-D Box observations are supported")
 
+    def describe(self) -> dict[str, Any]:
+        """The task's shapes and action bounds, as JSON (saved in a run's config.json)."""
+        return {"env_id": self.env_id, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
+                "action_low": self.action_low.tolist(), "action_high": self.action_high.tolist()}
+
     def scale_action(self, action: np.ndarray) -> np.ndarray:
         """[-1, 1] (clipped) -> [low, high], in the env's action dtype."""
         a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)

@@ -11,13 +11,12 @@ import sys
 import numpy as np
 import torch
 
-from .agents import make_agent
-from .backend import make_ops, resolve_backend
 from .cli import OneLineParser, run_main
 from .config import Config, field_names, make_config
 from .envs import evaluate_episodes, make_vec_env
-from .runlog import load_checkpoint, read_config
-from .utils import UsageError, atomic_write_json, resolve_device, seed_everything
+from .policy import load_policy
+from .runlog import read_config
+from .utils import UsageError, atomic_write_json
 
 
 def evaluate_agent(agent, cfg: Config, episodes: int, seed: int, device: torch.device) -> list[float]:
@@ -45,35 +44,23 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    if not os.path.isfile(os.path.join(args.run_dir, "config.json")):
-        raise UsageError(f"{args.run_dir} is not a run directory (no config.json)")
-    try:
-        saved = {k: v for k, v in read_config(args.run_dir)["config"].items() if k in field_names()}
-    except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"{args.run_dir}: config.json is unreadable ({e})") from None
-    over = {"device": args.device}
-    if args.particles is not None:
-        over["particles"] = args.particles
-    cfg = make_config("paper", {**saved, **over})
+    policy = load_policy(args.run_dir, args.checkpoint, args.device, args.particles, seed=args.seed)
+    cfg = make_config("paper", {k: v for k, v in read_config(args.run_dir)["config"].items() if k in field_names()})
     episodes = args.episodes if args.episodes is not None else cfg.eval_episodes
     if episodes <= 0:
         raise UsageError(f"--episodes must be positive, got {episodes}")
-    device = resolve_device(cfg.device)
+    env = make_vec_env(cfg.env_id, episodes, args.seed, cfg.env_backend)
+    try:
+        returns = evaluate_episodes(
+            env, lambda obs: policy.act_unit(torch.as_tensor(obs, device=policy.device)).cpu().numpy(), episodes)
+    finally:
+        env.close()
     path = args.checkpoint
     if path in ("best", "latest"):
         path = os.path.join(args.run_dir, "checkpoints", f"{path}.pt")
-    ckpt = load_checkpoint(path)
-    seed_everything(args.seed)
-    env = make_vec_env(cfg.env_id, 1, 0, cfg.env_backend)
-    obs_dim, act_dim = env.obs_dim, env.act_dim
-    env.close()
-    backend = resolve_backend(cfg.backend, device)
-    agent = make_agent(cfg.algo, obs_dim, act_dim, cfg, device,
-                       make_ops(backend, device, cfg.chain_precision, cfg.chain_noise))
-    agent.restore(ckpt["agent"], weights_only=True)
-    returns = evaluate_agent(agent, cfg, episodes, args.seed, device)
-    out = {"checkpoint": os.path.abspath(path), "episodes": episodes, "seed": args.seed, "particles": cfg.particles,
-           "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)), "returns": returns}
+    out = {"checkpoint": os.path.abspath(path), "episodes": episodes, "seed": args.seed,
+           "particles": policy.particles, "return_mean": float(np.mean(returns)),
+           "return_std": float(np.std(returns)), "returns": [float(r) for r in returns]}
     atomic_write_json(os.path.join(args.run_dir, "reeval.json"), out)
     print(f"{cfg.env_id} {cfg.algo}: return {out['return_mean']:.1f} ± {out['return_std']:.1f} "
           f"over {episodes} episodes ({path})")

@@ -35,6 +35,18 @@ class LoopState:
     wall_time: float = 0.0
 
 
+def training_agent(agent: Any, cfg: Config, backend: str) -> Any:
+    """The loop's agent: whole-function torch.compile for the 'compile' backend (fastrsm.compiled), CUDA graphs
+    on CUDA when `cuda_graphs` (fastrsm.graphs), else the agent's own eager calls (the same two-call API)."""
+    if backend == "compile":
+        from .compiled import CompiledAgent
+
+        return CompiledAgent(agent)
+    from .graphs import make_fast_agent
+
+    return make_fast_agent(agent, cfg.num_envs, enabled=cfg.cuda_graphs)
+
+
 def vector_step(cfg: Config, envs: VecEnv, agent: Any, replay: Any, obs: np.ndarray, st: LoopState,
                 metrics: dict[str, torch.Tensor], device: torch.device) -> StepResult:
     """One step of the `num_envs` envs with its updates; returns the env's result (its `next_obs` is the next

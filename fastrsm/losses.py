@@ -60,6 +60,24 @@ def sdac_reverse_samples(sched: Schedule, a_t: torch.Tensor, t: torch.Tensor, K:
     return a0, eps
 
 
+def sdac_reverse_samples_truncated(sched: Schedule, a_t: torch.Tensor, t: torch.Tensor, K: int
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """K samples of φ_{0|t}(a_0|a_t) truncated to the action box [-1, 1] (FlowRL's SDAC), by the inverse CDF,
+    instead of clipping (which piles mass on the box's faces); ε^k is the noise that maps a_0^k to a_t.
+
+    a_t: [B, A], t: [B] -> (a0 [B, K, A] in [-1, 1], eps [B, K, A])."""
+    B, A = a_t.shape
+    c1 = sched.sqrt_1m_abar[t].view(B, 1, 1)
+    c0 = sched.sqrt_abar[t].view(B, 1, 1)
+    mu, sd = a_t.unsqueeze(1) / c0, c1 / c0  # φ_{0|t} = N(a_t/√ᾱ, (1−ᾱ)/ᾱ)
+    lo, hi = torch.special.ndtr((-1.0 - mu) / sd), torch.special.ndtr((1.0 - mu) / sd)
+    u = lo + (hi - lo) * torch.rand(B, K, A, device=a_t.device, dtype=a_t.dtype)
+    z = torch.special.ndtri(u.clamp(1e-7, 1 - 1e-7))
+    a0 = (mu + sd * z).clamp(-1.0, 1.0)  # the clamp only guards the float rounding of a far tail
+    eps = (a_t.unsqueeze(1) - c0 * a0) / c1
+    return a0, eps
+
+
 def sdac_loss(eps_pred: torch.Tensor, eps_k: torch.Tensor, q: torch.Tensor,
               lambda_: torch.Tensor | float) -> torch.Tensor:
     """L_SDAC = mean_b Σ_k softmax_k(q_bk/λ) ‖ε_θ(a_t, s, t) − ε^k‖²; eps_pred [B, A], eps_k [B, K, A], q [B, K].

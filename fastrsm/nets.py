@@ -75,11 +75,13 @@ class EnsembleLinear(nn.Module):
 
 
 class TwinQ(nn.Module):
-    """Two Q networks Q_i(s, a) (MLP with Mish), evaluated together; returns [2, ...]."""
+    """Two Q networks Q_i(s, a) (MLP with Mish, or ReLU as FlowRL's), evaluated together; returns [2, ...]."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, ensemble: int = 2):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, ensemble: int = 2,
+                 activation: str = "mish"):
         super().__init__()
         self.ensemble = ensemble
+        self.act = {"mish": F.mish, "relu": F.relu}[activation]
         dims = [obs_dim + act_dim] + [hidden] * layers + [1]
         self.linears = nn.ModuleList(EnsembleLinear(ensemble, a, b) for a, b in zip(dims[:-1], dims[1:]))
 
@@ -90,7 +92,7 @@ class TwinQ(nn.Module):
         for i, lin in enumerate(self.linears):
             h = lin(h)
             if i < len(self.linears) - 1:
-                h = F.mish(h)
+                h = self.act(h)
         return h.reshape(self.ensemble, *lead)
 
     def min_q(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

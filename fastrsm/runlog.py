@@ -76,10 +76,12 @@ class RunLog:
         self._tb = None
 
     # ---- creation
-    def create(self, config: dict, device: torch.device, argv: list[str] | None) -> None:
+    def create(self, config: dict, device: torch.device, argv: list[str] | None, env: dict | None = None) -> None:
+        """`env`: the task's shapes and action bounds (what a deployed policy needs without making the env)."""
         os.makedirs(self.ckpt_dir, exist_ok=True)
         atomic_write_json(os.path.join(self.path, "config.json"), {
             "config": config,
+            "env": env,
             "versions": package_versions(),
             "device": device_description(device),
             "argv": list(sys.argv if argv is None else argv),
@@ -128,7 +130,7 @@ class RunLog:
         return max(self.eval_rows, key=lambda r: r["return_mean"]) if self.eval_rows else None
 
     def write_summary(self, cfg: Any, env_steps: int, wall_time: float, steps_per_s: float, status: str,
-                      message: str = "") -> dict:
+                      message: str = "", extra: dict | None = None) -> dict:
         best = self.best_eval()
         final = self.eval_rows[-1] if self.eval_rows else None
         summary = {
@@ -138,6 +140,7 @@ class RunLog:
             "wall_time_s": round(wall_time, 3), "steps_per_s": round(steps_per_s, 3), "env_steps": env_steps,
             "status": status,
         }
+        summary.update(extra or {})
         if message:
             summary["message"] = message
         atomic_write_json(os.path.join(self.path, "summary.json"), summary)

@@ -25,7 +25,6 @@ from .cli import EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_SIGINT, EXIT_SIGTERM, prepar
 from .config import Config
 from .envs import make_vec_env
 from .evaluate import evaluate_agent
-from .graphs import make_fast_agent
 from .loop import Diverged, LoopState, check_finite
 from .profiling import enable_nvtx, nvtx_range
 from .replay import ReplayBuffer
@@ -102,7 +101,7 @@ def train(cfg: Config, run_dir: str, resume: bool = False, argv: list[str] | Non
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     enable_nvtx(device)
-    backend = resolve_backend(cfg.backend, device)
+    backend = resolve_backend(cfg.backend, device, updates=int(cfg.total_steps * cfg.utd))
     ops = make_ops(backend, device, cfg.chain_precision, cfg.chain_noise)
     log = RunLog(run_dir)
     seed_everything(cfg.seed)
@@ -126,7 +125,7 @@ def train(cfg: Config, run_dir: str, resume: bool = False, argv: list[str] | Non
         envs = make_vec_env(cfg.env_id, cfg.num_envs, env_seed(cfg, st.segment), cfg.env_backend)
         log.tensorboard(purge_step=st.env_steps)
     else:
-        log.create({**cfg.to_dict(), "backend_resolved": backend}, device, argv)
+        log.create({**cfg.to_dict(), "backend_resolved": backend}, device, argv, env=envs.describe())
 
     def checkpoint() -> None:
         state = {"agent": agent.checkpoint(), "replay": rb.state_dict() if cfg.save_replay else None,
@@ -140,8 +139,8 @@ def train(cfg: Config, run_dir: str, resume: bool = False, argv: list[str] | Non
         envs = make_vec_env(cfg.env_id, cfg.num_envs, env_seed(cfg, st.segment), cfg.env_backend)
         return envs.reset()
 
-    # On CUDA: acting and the update replay captured graphs; elsewhere this is the agent itself.
-    fast = make_fast_agent(agent, cfg.num_envs, enabled=cfg.cuda_graphs and backend != "compile")
+    # CUDA graphs on CUDA, whole-function torch.compile with the compile backend, else the agent itself
+    fast = loop.training_agent(agent, cfg, backend)
     replay = rb if wrap_replay is None else wrap_replay(rb)
 
     obs = envs.reset()
@@ -154,6 +153,7 @@ def train(cfg: Config, run_dir: str, resume: bool = False, argv: list[str] | Non
     bar = _progress_bar(cfg.total_steps, st.env_steps, progress)
     postfix: dict[str, str] = {"eval": _last_eval(log)}
     pace = _Pace(cfg, device, enabled=not resume)
+    compile_said = False
     status, code, message = "crashed", 1, ""
 
     with _Stop() as stop:
@@ -182,6 +182,10 @@ def train(cfg: Config, run_dir: str, resume: bool = False, argv: list[str] | Non
                     ep_returns.clear()
                     log.log_train(row)
                     postfix.update(alpha=f"{row['alpha']:.3g}", sps=f"{sps:.0f}")
+                    if getattr(fast, "compile_seconds", 0.0) > 0 and not compile_said:
+                        compile_said = True
+                        print(f"fastrsm-train: torch.compile took {fast.compile_seconds:.1f}s at start-up (act and "
+                              "update compiled once; inductor's cache makes a resume faster)", file=sys.stderr)
                     bar.set_postfix(postfix, refresh=False)
 
                 # -- evaluate + checkpoint at boundaries
@@ -229,7 +233,8 @@ def train(cfg: Config, run_dir: str, resume: bool = False, argv: list[str] | Non
             wall = time.perf_counter() - t_start
             try:
                 summary = log.write_summary(cfg, st.env_steps, wall, st.env_steps / max(wall, 1e-9), status,
-                                            message)
+                                            message, extra={"backend": backend,
+                                                            "compile_seconds": getattr(fast, "compile_seconds", None)})
             except DiskFullError:  # the disk is still full: the message below is what the user gets
                 summary = {"best_return": st.best_return if math.isfinite(st.best_return) else None}
             log.close()

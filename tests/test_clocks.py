@@ -83,7 +83,11 @@ def test_dpmd_softmax_weights_are_normalised_by_the_running_statistics():
     reuse = DPMDReuse(drawn, q[:, 0], torch.tensor(500.0), torch.tensor(100.0))
     raw = torch.softmax(q / a.alpha, -1).max(-1).values
     assert raw.mean() > 0.95  # the old weights: (almost) all on the argmax particle
-    _, m = a.policy_loss(torch.randn(B, S, generator=g), reuse)
+    from fastrsm.replay import Batch
+
+    s = torch.randn(B, S, generator=g)
+    batch = Batch(s, torch.zeros(B, A), torch.zeros(B), s, torch.zeros(B))
+    _, m = a.policy_loss(batch, reuse)
     assert 1.0 <= float(m["w_max"]) < 0.5 * N  # normalised: spread over the particles
 
 

@@ -56,11 +56,14 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return target
 
 
-def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+def make_adam(params, lr: float, device: torch.device, compiled: bool = False) -> torch.optim.Adam:
     # On CUDA the learning rate is a device tensor and the optimiser capturable, so that a captured update
-    # graph sees schedule changes (written in place) without re-capture.
+    # graph sees schedule changes (written in place) without re-capture. Compiled on a CPU, the lr is a tensor
+    # too (a float would be a guard: every schedule change would recompile) and Adam is fused (one kernel).
     if device.type == "cuda":
         return torch.optim.Adam(params, lr=torch.tensor(lr, device=device), capturable=True)
+    if compiled:
+        return torch.optim.Adam(params, lr=torch.tensor(lr), fused=True)
     return torch.optim.Adam(params, lr=lr)
 
 
@@ -89,9 +92,11 @@ class Agent(nn.Module):
         super().__init__()
         self.obs_dim, self.act_dim, self.cfg, self.device = obs_dim, act_dim, cfg, device
         self.ops = ops  # the hot paths of the chosen backend (fastrsm.backend.make_ops), given by the caller
-        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden, cfg.layers).to(device)
+        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden, cfg.critic_layers or cfg.layers,
+                            activation=cfg.critic_activation).to(device)
         self.critic_target = frozen_copy(self.critic)
-        self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device)
+        self.compiled = ops.backend == "compile"  # whole-function torch.compile (fastrsm.compiled)
+        self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device, self.compiled)
         self.updates = 0  # gradient (critic) updates so far
         self.policy_updates = 0
 
@@ -117,11 +122,12 @@ class Agent(nn.Module):
     def parts_for(self, updates: int, policy_updates: int) -> Parts:
         """The parts of the update that follows `updates` updates, of which `policy_updates` ran the policy:
         the policy (with the EMA and critic targets) every `policy_delay` updates, the temperature every
-        `alpha_every` gradient updates (the authors test `step % 250` on their update counter)."""
+        `alpha_every` gradient updates (the authors test `step % 250` on their update counter; never with a
+        fixed temperature, `learn_alpha` false)."""
         parts: Parts = ("critic",)
         if (updates + 1) % self.cfg.policy_delay == 0:
             parts += ("policy",)
-        if (updates + 1) % self.cfg.alpha_every == 0:
+        if self.cfg.learn_alpha and (updates + 1) % self.cfg.alpha_every == 0:
             parts += ("alpha",)
         return parts
 

@@ -14,6 +14,7 @@ from ..backend import Ops
 from ..config import Config
 from ..diffusion import DiffusionPolicy
 from ..losses import alpha_loss, noise_entropy
+from ..replay import Batch
 from .base import Agent, frozen_copy, linear_decay, log_alpha_param, make_adam, polyak, set_lr
 
 
@@ -31,16 +32,17 @@ class DiffusionAgent(Agent):
         self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
                                       cfg.schedule, cfg.beta_scale).to(device)
         self.policy_ema = frozen_copy(self.policy)  # acts and evaluates (SPEC §3)
-        self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device)
+        self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device, self.compiled)
         self.log_alpha = log_alpha_param(cfg.alpha_init, device)
-        self.opt_alpha = make_adam([self.log_alpha], cfg.lr_alpha, device)
+        self.opt_alpha = make_adam([self.log_alpha], cfg.lr_alpha, device, self.compiled)
         self.target_entropy = cfg.target_entropy_per_dim * act_dim
 
     @torch.no_grad()
-    def best_of_n(self, policy: DiffusionPolicy, obs: torch.Tensor, noise_std: torch.Tensor | float
-                  ) -> NextActions:
-        """Draw N particles per state, score them with min(Q1, Q2), keep the argmax (plus noise_std·N(0, I))."""
-        N = self.cfg.particles
+    def best_of_n(self, policy: DiffusionPolicy, obs: torch.Tensor, noise_std: torch.Tensor | float,
+                  particles: int = 0) -> NextActions:
+        """Draw N particles per state (`particles`, or the run's N), score them with min(Q1, Q2), keep the argmax
+        (plus noise_std·N(0, I))."""
+        N = particles or self.cfg.particles
         cand = self.ops.sample(policy.eps_net, policy.sched, obs, N)
         q = self.critic.min_q(obs.unsqueeze(1).expand(-1, N, -1), cand)
         noise = torch.randn(obs.shape[0], self.act_dim, device=obs.device)
@@ -49,19 +51,22 @@ class DiffusionAgent(Agent):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
-        std = self.cfg.explore_std * self.alpha if explore else 0.0
-        return self.best_of_n(self.policy_ema, obs, std).action
+        if explore:  # training: train_particles (FlowRL: one chain sample) and the exploration noise
+            return self.best_of_n(self.policy_ema, obs, self.cfg.explore_std * self.alpha,
+                                  self.cfg.train_particles).action
+        return self.best_of_n(self.policy_ema, obs, 0.0).action
 
     @torch.no_grad()
     def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, NextActions]:
         # a' comes from the acting sampler, exploration noise included (as in the authors' code): the noise
         # smooths the bootstrap and keeps DPMD's regression target from collapsing onto one action per state.
         # Unlike that code we clip a' to the action box, where the critic has data.
-        drawn = self.best_of_n(self.policy, next_obs, self.cfg.explore_std * self.alpha)
+        drawn = self.best_of_n(self.policy, next_obs, self.cfg.explore_std * self.alpha, self.cfg.target_particles)
         return self.critic_target.min_q(next_obs, drawn.action), drawn
 
-    def policy_loss(self, next_obs: torch.Tensor, reuse: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The policy loss at s' given what the critic step drew there (`NextActions`, or a subclass's own)."""
+    def policy_loss(self, batch: Batch, reuse: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The policy loss given the batch and what the critic step drew at its next states s' (`NextActions`,
+        or a subclass's own)."""
         raise NotImplementedError
 
     def schedule(self) -> None:
@@ -72,7 +77,7 @@ class DiffusionAgent(Agent):
     def policy_step(self, batch, reuse: Any) -> dict[str, torch.Tensor]:
         # The policy is trained at the batch's next states s': that is where the bootstrap already drew the
         # policy's actions, so the loss reuses them instead of running a second reverse chain at s.
-        loss, metrics = self.policy_loss(batch.next_obs, reuse)
+        loss, metrics = self.policy_loss(batch, reuse)
         self.opt_pi.zero_grad(set_to_none=False)
         loss.backward()
         self.opt_pi.step()

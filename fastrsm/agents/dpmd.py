@@ -67,8 +67,9 @@ class DPMD(DiffusionAgent):
         metrics["q_run_mean"] = self.q_stats.mean.clone()
         return metrics, DPMDReuse(drawn, q, mean, std)
 
-    def policy_loss(self, next_obs: torch.Tensor, reuse: DPMDReuse) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        sched, lam, cfg = self.policy.sched, self.alpha, self.cfg
+    def policy_loss(self, batch: Batch, reuse: DPMDReuse) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sched, lam, cfg, next_obs = self.policy.sched, self.alpha, self.cfg, batch.next_obs
+        std = reuse.std + cfg.q_norm_eps
         if cfg.dpmd_weights == "softmax":
             cand, q = reuse.drawn.particles, reuse.drawn.q_particles  # [B, N, A], [B, N]
             B, N, A = cand.shape
@@ -77,10 +78,10 @@ class DPMD(DiffusionAgent):
             a_t = q_sample(sched, cand, t, eps)
             s = next_obs.unsqueeze(1).expand(-1, N, -1)
             eps_pred = self.policy.eps_net(a_t, s, t)
-            logits = normalize_q(q, reuse.mean, reuse.std, cfg.public_code_norm).clamp(-cfg.q_clip, cfg.q_clip) / lam
+            logits = normalize_q(q, reuse.mean, std, cfg.public_code_norm).clamp(-cfg.q_clip, cfg.q_clip) / lam
             return self.ops.sm_loss(eps_pred, eps, logits), {"w_max": torch.softmax(logits, -1).max() * N}
         a0 = reuse.drawn.action
-        w = dpmd_weights(reuse.q, lam, reuse.mean, reuse.std, cfg.q_clip, cfg.public_code_norm)
+        w = dpmd_weights(reuse.q, lam, reuse.mean, std, cfg.q_clip, cfg.public_code_norm)
         t = torch.randint(0, sched.T, (a0.shape[0],), device=next_obs.device)
         eps = torch.randn_like(a0)
         eps_pred = self.policy.eps_net(q_sample(sched, a0, t, eps), next_obs, t)

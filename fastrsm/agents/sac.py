@@ -17,9 +17,9 @@ class SAC(Agent):
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
         super().__init__(obs_dim, act_dim, cfg, device, ops)
         self.actor = GaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers).to(device)
-        self.opt_pi = make_adam(self.actor.parameters(), cfg.lr_policy, device)
+        self.opt_pi = make_adam(self.actor.parameters(), cfg.lr_policy, device, self.compiled)
         self.log_alpha = log_alpha_param(cfg.sac_alpha_init, device)
-        self.opt_alpha = make_adam([self.log_alpha], cfg.lr_sac_alpha, device)
+        self.opt_alpha = make_adam([self.log_alpha], cfg.lr_sac_alpha, device, self.compiled)
         self.target_entropy = -float(act_dim)
 
     @torch.no_grad()
@@ -39,11 +39,14 @@ class SAC(Agent):
         self.opt_pi.zero_grad(set_to_none=False)
         loss.backward()
         self.opt_pi.step()
-        loss_a = sac_alpha_loss(self.log_alpha, logp, self.target_entropy)
-        self.opt_alpha.zero_grad(set_to_none=False)
-        loss_a.backward()
-        self.opt_alpha.step()
-        return {"loss_pi": loss.detach(), "loss_alpha": loss_a.detach(), "entropy": -logp.detach().mean()}
+        metrics = {"loss_pi": loss.detach(), "entropy": -logp.detach().mean()}
+        if self.cfg.learn_alpha:
+            loss_a = sac_alpha_loss(self.log_alpha, logp, self.target_entropy)
+            self.opt_alpha.zero_grad(set_to_none=False)
+            loss_a.backward()
+            self.opt_alpha.step()
+            metrics["loss_alpha"] = loss_a.detach()
+        return metrics
 
     def parts_for(self, updates: int, policy_updates: int) -> Parts:
         """The authors' SAC baseline updates the actor, α and the targets on every gradient update

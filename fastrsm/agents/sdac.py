@@ -1,31 +1,37 @@
 """SDAC, Soft Diffusion Actor-Critic (SPEC §5): π* ∝ exp(Q/λ) through the reverse-sampling trick.
 
-a_t ~ h_t is the current policy's (exploring) best-of-N action at s' noised to a random level t; K reverse samples
-a_0^k ~ φ_{0|t}(·|a_t) are scored by Q, and ε_θ(a_t, s', t) regresses onto Σ_k softmax_k(q_k/λ)·ε^k with
-logits q·(sdac_q_scale/α)."""
+a_t ~ h_t is the current policy's (exploring) best-of-N action at s' noised to a random level t (`sdac_anchor`
+policy, the authors' relax code) or the replay batch's action at s noised (`replay`, FlowRL's); K reverse samples
+a_0^k ~ φ_{0|t}(·|a_t), clipped to [-1, 1] or drawn truncated to it (`sdac_reverse`), are scored by Q, and
+ε_θ(a_t, s, t) regresses onto Σ_k softmax_k(q_k/λ)·ε^k with logits q·(sdac_q_scale/α)."""
 
 from __future__ import annotations
 
 import torch
 
 from ..diffusion import q_sample
-from ..losses import sdac_reverse_samples
+from ..losses import sdac_reverse_samples, sdac_reverse_samples_truncated
+from ..replay import Batch
 from .diffusion_agent import DiffusionAgent, NextActions
 
 
 class SDAC(DiffusionAgent):
     algo = "sdac"
 
-    def policy_loss(self, next_obs: torch.Tensor, drawn: NextActions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        sched, K = self.policy.sched, self.cfg.reverse_samples
-        a = drawn.action
+    def policy_loss(self, batch: Batch, drawn: NextActions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sched, K, cfg = self.policy.sched, self.cfg.reverse_samples, self.cfg
+        if cfg.sdac_anchor == "replay":
+            s, a = batch.obs, batch.action
+        else:
+            s, a = batch.next_obs, drawn.action
         B = a.shape[0]
-        t = torch.randint(0, sched.T, (B,), device=next_obs.device)
+        t = torch.randint(0, sched.T, (B,), device=s.device)
         a_t = q_sample(sched, a, t, torch.randn_like(a))
         with torch.no_grad():
-            a0k, eps_k = sdac_reverse_samples(sched, a_t, t, K)
-            q = self.critic.min_q(next_obs.unsqueeze(1).expand(-1, K, -1), a0k)  # [B, K]
-            logits = q * (self.cfg.sdac_q_scale / self.alpha)
-        eps_pred = self.policy.eps_net(a_t, next_obs, t)
+            sampler = sdac_reverse_samples_truncated if cfg.sdac_reverse == "truncnorm" else sdac_reverse_samples
+            a0k, eps_k = sampler(sched, a_t, t, K)
+            q = self.critic.min_q(s.unsqueeze(1).expand(-1, K, -1), a0k)  # [B, K]
+            logits = q * (cfg.sdac_q_scale / self.alpha)
+        eps_pred = self.policy.eps_net(a_t, s, t)
         loss = self.ops.sm_loss(eps_pred, eps_k, logits)
         return loss, {"w_max": torch.softmax(logits, -1).max(-1).values.mean()}

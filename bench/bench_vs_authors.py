@@ -1,0 +1,166 @@
+"""fastrsm against the authors' own JAX code on this CPU (issue 13): acting on 1 and 5 observations and one DPMD
+update, at the smoke and the paper sizes, both libraries in one process, interleaved rounds, medians.
+
+Optional and never in CI. It needs a checkout of the authors' repository (github
+mahaitongdae/diffusion_policy_online_rl; nothing of it is copied here, their package is imported from the path
+given with --authors) and a venv with their dependencies and fastrsm's (../shared/AUTHORS_CODE.md):
+
+    python -m venv /work/venv-authors
+    /work/venv-authors/bin/pip install "jax==0.4.30" "jaxlib==0.4.30" "dm-haiku==0.0.12" "optax==0.2.2" \
+        "numpy<2" "numpyro==0.15.2" "dill==0.3.8" torch==2.13.0 "gymnasium[mujoco]"
+    /work/venv-authors/bin/pip install --no-deps -e .          # fastrsm itself
+    taskset -c 0 env XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+        /work/venv-authors/bin/python bench/bench_vs_authors.py --authors /path/to/checkout [--sizes smoke paper]
+
+`taskset` is what makes JAX single-threaded (the XLA flags alone still use ~1.7 cores); torch runs one thread.
+Their DPMD is built as their `scripts/train_mujoco.py --alg dpmd` builds it. fastrsm runs eager and compiled
+(fastrsm.compiled: torch.compile of the whole act and update); compile time is reported apart, never timed.
+Each round times every contestant once, in a rotating order; the table holds medians over rounds and the
+ratio to the authors' time (> 1: fastrsm slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+SIZES = {  # hidden, layers, T, N, batch
+    "smoke": (64, 2, 5, 8, 128),
+    "paper": (256, 3, 20, 32, 256),
+}
+OBS_DIM, ACT_DIM = 11, 3  # Hopper's shapes
+
+
+def authors_dpmd(authors: str, hidden: int, layers: int, T: int, N: int, batch: int):
+    """Their DPMD, acting function and update, as their training script builds them."""
+    sys.path.insert(0, os.path.abspath(authors))
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from relax.algorithm.dpmd import DPMD
+    from relax.network.diffv2 import create_diffv2_net
+    from relax.utils.experience import Experience
+
+    def mish(x):
+        return x * jnp.tanh(jax.nn.softplus(x))
+
+    sizes = [hidden] * layers
+    agent, params = create_diffv2_net(jax.random.key(0), OBS_DIM, ACT_DIM, sizes, sizes, mish, num_timesteps=T,
+                                      num_particles=N, noise_scale=0.1, beta_schedule_scale=0.8)
+    algo = DPMD(agent, params, lr=3e-4, alpha_lr=7e-3, delay_alpha_update=250, lr_schedule_end=3e-5)
+    example = Experience.create_example(OBS_DIM, ACT_DIM, batch)
+    rng = np.random.default_rng(0)
+    data = type(example)(*[np.asarray(rng.standard_normal(np.shape(x)), dtype=np.asarray(x).dtype)
+                           for x in example])
+    key = jax.random.key(1)
+    obs1 = rng.standard_normal(OBS_DIM).astype(np.float32)
+    obs5 = rng.standard_normal((5, OBS_DIM)).astype(np.float32)
+
+    def act(obs):
+        return lambda: np.asarray(algo.get_action(key, obs))
+
+    def update():
+        info, _ = algo.update(key, data)
+        jax.block_until_ready(info)
+
+    return {"act1": act(obs1), "act5": act(obs5), "update": update}
+
+
+def fastrsm_dpmd(hidden: int, layers: int, T: int, N: int, batch: int, compiled: bool):
+    import numpy as np
+    import torch
+
+    from fastrsm.agents import make_agent
+    from fastrsm.backend import make_ops
+    from fastrsm.compiled import CompiledAgent
+    from fastrsm.config import make_config
+    from fastrsm.replay import ReplayBuffer
+
+    cfg = make_config("paper", {"device": "cpu", "hidden": hidden, "layers": layers, "diffusion_steps": T,
+                                "particles": N, "batch_size": batch, "policy_delay": 2})
+    torch.manual_seed(0)
+    agent = make_agent("dpmd", OBS_DIM, ACT_DIM, cfg, torch.device("cpu"),
+                       make_ops("compile" if compiled else "torch", "cpu"))
+    fast = CompiledAgent(agent) if compiled else agent
+    rng = np.random.default_rng(0)
+    rb = ReplayBuffer(4096, OBS_DIM, ACT_DIM, "cpu", batch)
+    rb.add(rng.standard_normal((4096, OBS_DIM)), rng.uniform(-1, 1, (4096, ACT_DIM)), rng.standard_normal(4096),
+           rng.standard_normal((4096, OBS_DIM)), rng.random(4096) < 0.01)
+    obs1 = torch.randn(1, OBS_DIM)
+    obs5 = torch.randn(5, OBS_DIM)
+
+    def act(obs):
+        return lambda: fast.act(obs, explore=True).numpy()  # to NumPy, as the training loop does
+
+    def update():
+        # policy_delay 2: every other call runs the policy step, as the authors compute theirs every call and
+        # apply it every other (the per-call mean over an even number of calls is one update)
+        fast.update(rb) if compiled else agent.update(rb.sample())
+
+    fns = {"act1": act(obs1), "act5": act(obs5), "update": update}
+    t0 = time.perf_counter()
+    for f in fns.values():  # compile every variant (and build caches) outside the timings
+        for _ in range(3):
+            f()
+    return fns, time.perf_counter() - t0
+
+
+def median_ms(fn: Callable[[], object], reps: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / reps
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--authors", required=True, help="a checkout of the authors' repository")
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--out", default=None, help="also append the markdown table to this file")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
+             f"affinity {sorted(os.sched_getaffinity(0))}; torch {torch.__version__}, one thread; "
+             f"{time.strftime('%Y-%m-%d')}", "",
+             "| size | call | authors (XLA) ms | fastrsm eager ms | fastrsm compiled ms | eager / authors | "
+             "compiled / authors |", "|---|---|---|---|---|---|---|"]
+    for size in args.sizes:
+        hidden, layers, T, N, batch = SIZES[size]
+        theirs = authors_dpmd(args.authors, hidden, layers, T, N, batch)
+        for f in theirs.values():  # jit compilation outside the timings
+            f()
+        eager, _ = fastrsm_dpmd(hidden, layers, T, N, batch, compiled=False)
+        comp, compile_s = fastrsm_dpmd(hidden, layers, T, N, batch, compiled=True)
+        reps = {"act1": 200 if size == "smoke" else 20, "act5": 100 if size == "smoke" else 10,
+                "update": 20 if size == "smoke" else 2}
+        times: dict[tuple[str, str], list[float]] = {}
+        contestants = [("authors", theirs), ("eager", eager), ("compiled", comp)]
+        for r in range(args.rounds):
+            order = contestants[r % 3:] + contestants[: r % 3]
+            for call in ("act1", "act5", "update"):
+                for name, fns in order:
+                    times.setdefault((name, call), []).append(median_ms(fns[call], reps[call]))
+        for call in ("act1", "act5", "update"):
+            a, e, c = (statistics.median(times[(n, call)]) for n in ("authors", "eager", "compiled"))
+            label = {"act1": "act, 1 obs", "act5": "act, 5 obs", "update": f"DPMD update, batch {batch}"}[call]
+            lines.append(f"| {size} ({hidden}×{layers}, T {T}, N {N}) | {label} | {a:.3f} | {e:.3f} | {c:.3f} | "
+                         f"{e / a:.2f} | {c / a:.2f} |")
+        lines.append(f"| {size} | fastrsm compile start-up | | | {compile_s:.1f} s | | |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""torch.compile of the whole acting function and of each update (DESIGN.md "CPU speed"): on a CPU, where eager
+PyTorch pays per-op overhead on small tensors, the T-step chain, the twin-Q scoring and the argmax become one
+graph, and each update's parts (critic step, policy step, α step, their optimiser steps) are compiled once per
+distinct `Parts` the agent's schedule names — the same shape as fastrsm.graphs' CUDA graphs, asked of the same
+schedule (`Agent.next_parts`).
+
+`CompiledAgent` offers the training loop's two calls, `act(obs, explore)` and `update(replay)`, and falls through
+to the agent for everything else. The first call of each variant compiles (seconds to minutes on a small CPU);
+`compile_seconds` adds them up so the run can report its start-up cost. Results equal the eager agent's up to
+floating-point reassociation by the compiler (tests/test_compiled.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .agents.base import Agent, Parts
+
+Metrics = dict[str, torch.Tensor]
+
+
+class CompiledAgent:
+    """An Agent whose `act` and `update` run torch.compile'd functions; see the module docstring."""
+
+    def __init__(self, agent: Agent, mode: str | None = None):
+        self.agent = agent
+        self.mode = mode
+        self._acts: dict[bool, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._updates: dict[Parts, Callable[[Any], Metrics]] = {}
+        self.compile_seconds = 0.0
+        self._seen: set[tuple] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "agent":
+            raise AttributeError(name)
+        return getattr(self.agent, name)
+
+    def __repr__(self) -> str:
+        return f"CompiledAgent({type(self.agent).__name__}, acts={sorted(self._acts)}, updates={sorted(self._updates)})"
+
+    def _timed(self, key: tuple, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn`; the first call for `key` (which compiles) counts towards `compile_seconds`."""
+        if key in self._seen:
+            return fn(*args)
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.compile_seconds += time.perf_counter() - t0
+        self._seen.add(key)
+        return out
+
+    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+        fn = self._acts.get(explore)
+        if fn is None:
+            agent = self.agent
+
+            def act_fn(o: torch.Tensor) -> torch.Tensor:
+                return agent.act(o, explore)
+
+            fn = self._acts[explore] = torch.compile(act_fn, mode=self.mode, dynamic=False)
+        return self._timed(("act", explore, tuple(obs.shape)), fn, obs)
+
+    def capture(self, replay: Any, obs: torch.Tensor | None = None) -> None:
+        """Compile now every update the schedule can reach (and act(explore=True) for `obs`), leaving the agent
+        and the RNG exactly as found, so no compilation lands in a timed stretch."""
+        from .graphs import _Snapshot  # the same in-place snapshot the CUDA-graph warm-up uses
+
+        snapshot = _Snapshot(self.agent)
+        try:
+            for parts in self.agent.reachable_parts():
+                self._timed(("update", parts), self._update_fn(parts), replay.sample())
+            if obs is not None:
+                self.act(obs, explore=True)
+        finally:
+            snapshot.restore(self.agent)
+
+    def _update_fn(self, parts: Parts) -> Callable[[Any], Metrics]:
+        fn = self._updates.get(parts)
+        if fn is None:
+            agent = self.agent
+
+            def update_fn(batch: Any, parts: Parts = parts) -> Metrics:
+                return agent.update_step(batch, parts)
+
+            fn = self._updates[parts] = torch.compile(update_fn, mode=self.mode, dynamic=False)
+        return fn
+
+    def update(self, replay: Any) -> Metrics:
+        agent = self.agent
+        parts = agent.next_parts()
+        fn = self._update_fn(parts)
+        agent.schedule()
+        metrics = self._timed(("update", parts), fn, replay.sample())
+        agent.advance(parts)
+        return metrics

@@ -1,0 +1,68 @@
+"""fastrsm.compiled: the whole act and each update compiled with torch.compile compute what the eager agent
+computes, for a fixed seed (inductor told to draw its random numbers as eager PyTorch does)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastrsm.agents import make_agent
+from fastrsm.backend import AUTO_COMPILE_MIN_UPDATES, compiler_available, resolve_backend
+from fastrsm.compiled import CompiledAgent
+from fastrsm.config import make_config
+from fastrsm.replay import ReplayBuffer
+
+pytestmark = pytest.mark.skipif(not compiler_available(), reason="torch.compile on CPU needs a C++ compiler")
+S, A = 5, 2
+
+
+def build(algo: str):
+    from fastrsm.backend import make_ops
+
+    cfg = make_config("smoke", {"algo": algo, "device": "cpu", "hidden": 16, "particles": 4, "diffusion_steps": 3,
+                                "reverse_samples": 4, "batch_size": 16, "policy_delay": 1, "alpha_every": 1,
+                                "lr_decay_start": 0, "lr_decay_end": 3})
+    torch.manual_seed(0)
+    return make_agent(algo, S, A, cfg, torch.device("cpu"), make_ops("compile", "cpu"))
+
+
+@pytest.mark.parametrize("algo", ["dpmd", "sac"])
+def test_compiled_act_and_update_equal_eager(algo):
+    import torch._inductor.config as inductor
+
+    with inductor.patch(fallback_random=True):  # the same random stream as eager
+        _compare(algo)
+
+
+def _compare(algo: str) -> None:
+    rng = np.random.default_rng(0)
+    rb = ReplayBuffer(128, S, A, "cpu", 16)
+    rb.add(rng.standard_normal((64, S)), rng.uniform(-1, 1, (64, A)), rng.standard_normal(64),
+           rng.standard_normal((64, S)), rng.random(64) < 0.1)
+    eager, compiled = build(algo), CompiledAgent(build(algo))
+    assert compiled.compiled and isinstance(compiled.opt_q.param_groups[0]["lr"], torch.Tensor)
+    out = []
+    for agent in (eager, compiled):
+        torch.manual_seed(1)
+        out.append([{k: float(v) for k, v in agent.update(rb).items()} if agent is compiled else
+                    {k: float(v) for k, v in agent.update(rb.sample()).items()} for _ in range(4)])
+    for me, mc in zip(*out):
+        assert me.keys() == mc.keys()
+        np.testing.assert_allclose([mc[k] for k in me], [me[k] for k in me], rtol=2e-4, atol=1e-5)
+    for pe, pc in zip(eager.parameters(), compiled.agent.parameters()):
+        torch.testing.assert_close(pc, pe, rtol=1e-4, atol=1e-5)
+    assert compiled.updates == 4 and compiled.compile_seconds > 0
+    obs = torch.randn(3, S)
+    torch.manual_seed(2)
+    a_e = eager.act(obs, explore=False)
+    torch.manual_seed(2)
+    a_c = compiled.act(obs, explore=False)
+    torch.testing.assert_close(a_c, a_e, rtol=1e-3, atol=1e-3)
+
+
+def test_auto_compiles_long_cpu_runs_only():
+    assert resolve_backend("auto", "cpu") == "torch"
+    assert resolve_backend("auto", "cpu", updates=AUTO_COMPILE_MIN_UPDATES - 1) == "torch"
+    assert resolve_backend("auto", "cpu", updates=AUTO_COMPILE_MIN_UPDATES) == "compile"
+    assert resolve_backend("torch", "cpu", updates=10**9) == "torch"
