@@ -32,6 +32,8 @@ setup(
         "bench": ["stable-baselines3>=2.3"],
         # fastrsm-sweep only (fastrsm/sweep.py is the one module that imports Ray).
         "sweep": ["ray[default]>=2.9"],
+        # DACER's official entropy estimator (--dacer-entropy sklearn); the default torch EM needs nothing
+        "dacer": ["scikit-learn>=1.3"],
     },
     entry_points={
         "console_scripts": [

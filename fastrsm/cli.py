@@ -246,7 +246,7 @@ def _prepare_group(args: argparse.Namespace, overrides: dict[str, Any]) -> Train
 def check_run(cfg: Config, seeds: int = 1) -> tuple[int, int]:
     """What a valid config still may not do here: the env (made once, its spaces checked), the device, the
     backend and chain settings, the replay's memory. Returns the env's (obs_dim, act_dim)."""
-    check_algo(cfg.algo)
+    check_algo(cfg.algo, seeds if seeds > 1 else None)
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
     check_chain_options(backend, device, cfg.chain_noise, cfg.chain_precision)

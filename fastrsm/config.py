@@ -19,6 +19,9 @@ from .envs import ENV_BACKENDS
 from .utils import DEVICES
 
 DPMD_WEIGHTS = ("exp", "softmax")
+DACER_ENTROPY = ("torch", "sklearn")
+DACER2_SIGNS = ("descent", "ascent")
+DACER2_GRAD_AT = ("chain", "forward")
 CRITIC_ACTIVATIONS = ("mish", "relu")
 SDAC_ANCHORS = ("policy", "replay")
 SDAC_REVERSE = ("clip", "truncnorm")
@@ -101,6 +104,23 @@ class Config:
     sac_alpha_init: float = math.e  # log α₀ = 1, the authors' SAC baseline
     sac_policy_delay: int = 1  # the authors' SAC: actor, α and targets on every gradient update
     lr_sac_alpha: float = 3e-4
+    # --- DACER / DACER2 (SPEC §10; sources in fastrsm/agents/dacer.py, dacer2.py and the README) ---
+    dacer_noise: float = 0.1  # λ_n: acting noise std is exp(log α)·λ_n (0.15 on Humanoid/HalfCheetah)
+    dacer_alpha_init: float = 3.0  # α₀ (log α₀ = log 3)
+    lr_dacer_alpha: float = 0.03
+    dacer_alpha_every: int = 10_000  # gradient updates between GMM entropy estimates / α steps (update 0 too)
+    dacer_entropy: str = "torch"  # torch = batched EM (graph-capturable); sklearn = the official per-state fit
+    dacer_entropy_samples: int = 200  # actions drawn per state for the GMM fit
+    dacer_gmm_components: int = 3
+    dacer_gmm_iters: int = 100  # EM iterations of the torch fit (scikit-learn's max_iter)
+    dsac_std_rate: float = 0.005  # EMA rate of the critics' batch-mean σ (the official code uses τ)
+    dsac_bound: float = 3.0  # the sampled target is bounded to μ ± dsac_bound·m
+    dsac_eps: float = 0.1
+    dacer2_eta: float = 0.05  # weight η of the Q-gradient-field loss
+    dacer2_w_slope: float = 0.4  # w(t) = exp(dacer2_w_slope·t + dacer2_w_bias), t = 1..T the paper's step
+    dacer2_w_bias: float = -1.8
+    dacer2_sign: str = "descent"  # descent: ε* = −w(t)·∇Q/‖∇Q‖ (the score is −ε/√(1−ᾱ)); ascent: +w(t)·∇Q/‖∇Q‖
+    dacer2_grad_at: str = "chain"  # chain: ∇Q at the on-chain a_t; forward: at a_t = forward-noised final action
     # --- housekeeping ---
     save_replay: bool = True
     nan_check_every: int = 1_000  # env steps between NaN/inf checks of losses and parameters
@@ -147,6 +167,21 @@ class Config:
         need(self.q_norm_eps >= 0, f"q-norm-eps must be >= 0, got {self.q_norm_eps}")
         need(self.lr_decay_end >= self.lr_decay_start, "lr-decay-end must be >= lr-decay-start")
         need(self.buffer_size >= self.batch_size, "buffer-size must be at least batch-size")
+        for name, choices in (("dacer_entropy", DACER_ENTROPY), ("dacer2_sign", DACER2_SIGNS),
+                              ("dacer2_grad_at", DACER2_GRAD_AT)):
+            v = getattr(self, name)
+            need(v in choices, f"unknown {name.replace('_', '-')} {v!r}; choose one of {', '.join(choices)}")
+        for name in ("dacer_alpha_every", "dacer_entropy_samples", "dacer_gmm_components", "dacer_gmm_iters"):
+            v = getattr(self, name)
+            need(v > 0, f"{name.replace('_', '-')} must be a positive integer, got {v}")
+        for name in ("dacer_alpha_init", "lr_dacer_alpha", "dsac_std_rate", "dsac_bound", "dsac_eps"):
+            v = getattr(self, name)
+            need(math.isfinite(v) and v > 0, f"{name.replace('_', '-')} must be a positive number, got {v}")
+        need(self.dsac_std_rate <= 1, f"dsac-std-rate must be in (0, 1], got {self.dsac_std_rate}")
+        for name in ("dacer_noise", "dacer2_eta"):
+            v = getattr(self, name)
+            need(math.isfinite(v) and v >= 0, f"{name.replace('_', '-')} must be >= 0, got {v}")
+        need(math.isfinite(self.dacer2_w_slope) and math.isfinite(self.dacer2_w_bias), "dacer2-w-* must be finite")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +198,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         alpha_every=20, lr_alpha=3e-2, reward_scale=1.0, q_norm_rate=0.02, torch_threads=1,
         # a short run needs fast target propagation: a larger Polyak rate and learning rates
         tau=0.02, lr_q=1e-3, lr_policy=1e-3,
+    ),
+    # DACER's MuJoCo numbers (official code: scripts/train_mujoco.py, relax/algorithm/dacer.py; SPEC §10):
+    # T = 20 on the VP schedule, 20 envs with one update per vector step, Adam 1e-4 with no decay, warm-up 3e4.
+    "dacer": dict(
+        algo="dacer", diffusion_steps=20, schedule="vp", num_envs=20, utd=1 / 20, warmup_steps=30_000,
+        lr_q=1e-4, lr_policy=1e-4, lr_policy_end=1e-4, tau=0.005, reward_scale=0.2, batch_size=256,
+        policy_delay=2,
+    ),
+    # DACER2 (arXiv 2505.23426): DACER's setup with T = 5 and the Q-gradient-field loss.
+    "dacer2": dict(
+        algo="dacer2", diffusion_steps=5, schedule="vp", num_envs=20, utd=1 / 20, warmup_steps=30_000,
+        lr_q=1e-4, lr_policy=1e-4, lr_policy_end=1e-4, tau=0.005, reward_scale=0.2, batch_size=256,
+        policy_delay=2,
     ),
     # The authors' later library FlowRL (SPEC §11; per-algorithm settings in PRESET_ALGO). Not reproduced: its
     # ε-network's learnable Fourier time embedding (64) and state MLP (128, 128); fastrsm keeps its own ε-network.

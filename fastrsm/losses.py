@@ -133,3 +133,45 @@ def sac_target(next_q: torch.Tensor, next_logp: torch.Tensor, alpha: torch.Tenso
     """Soft value of the next state: min Q' − α log π."""
     return next_q - alpha.detach() * next_logp
 
+
+
+# ---------------------------------------------------------------- DSAC-T distributional critic (DACER, DACER2)
+# Read from DACER's official code (github happy-yan/DACER-Diffusion-with-Online-RL, relax/algorithm/dacer.py).
+
+
+def dsac_targets(reward: torch.Tensor, terminated: torch.Tensor, next_mean: torch.Tensor, next_std: torch.Tensor,
+                 z: torch.Tensor, gamma: float, reward_scale: float, z_clip: float = 3.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, y_s): y = r·scale + γ(1−term)·min(μ1', μ2'), and the sampled target y_s = r·scale + γ(1−term)·(μ' +
+    σ'·clip(z, ±z_clip)) from the target member with the smaller mean. next_mean, next_std: [2, B]; z: [B]."""
+    pick = next_mean[0] < next_mean[1]
+    mu, sigma = torch.where(pick, next_mean[0], next_mean[1]), torch.where(pick, next_std[0], next_std[1])
+    sample = mu + sigma * z.clamp(-z_clip, z_clip)
+    y = td_target(reward, terminated, next_mean.min(dim=0).values, gamma, reward_scale)
+    y_s = td_target(reward, terminated, sample, gamma, reward_scale)
+    return y, y_s
+
+
+@torch.no_grad()
+def dsac_std_ema(m: torch.Tensor, std: torch.Tensor, rate: float) -> torch.Tensor:
+    """Per-critic EMA of the batch-mean σ, in place: the first batch (m < 0, the sentinel −1) sets it, then
+    m ← rate·new + (1 − rate)·m. m: [2], std: [2, B]. Branch-free so a CUDA graph can hold it."""
+    new = std.mean(-1)
+    m.copy_(torch.where(m < 0, new, torch.lerp(m, new, rate)))
+    return m
+
+
+def dsac_critic_loss(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor, y_s: torch.Tensor, m: torch.Tensor,
+                     eps: float = 0.1, bound: float = 3.0) -> torch.Tensor:
+    """DSAC-T's m-weighted loss, summed over the members (their parameters are disjoint, so each gets its own
+    gradient). mean, std: [2, B]; y, y_s: [B]; m: [2] (already updated with this batch).
+
+    y_b = sg(μ + clip(y_s − μ, ±bound·m)), σ̄ = sg(max(σ, 0)),
+    L_i = −(m_i² + ε)·mean_b[ μ·sg(y − μ)/(σ̄² + ε) + σ·((sg μ − y_b)² − σ̄²)/(σ̄³ + ε) ]."""
+    m = m.detach().unsqueeze(-1)
+    y, y_s = y.unsqueeze(0), y_s.unsqueeze(0)
+    mu_sg = mean.detach()
+    y_b = (mu_sg + torch.maximum(torch.minimum(y_s - mu_sg, bound * m), -bound * m)).detach()
+    s_sg = std.detach().clamp(min=0)
+    per = mean * (y - mu_sg) / (s_sg**2 + eps) + std * ((mu_sg - y_b) ** 2 - s_sg**2) / (s_sg**3 + eps)
+    return (-(m.squeeze(-1) ** 2 + eps) * per.mean(-1)).sum()

@@ -169,3 +169,30 @@ class GaussianActor(nn.Module):
         logp = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         logp = logp - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
         return a, logp
+
+
+class DistributionalTwinQ(nn.Module):
+    """DSAC-T's twin distributional critics (used by DACER): each member outputs the mean μ and the std σ of the
+    return, σ = softplus(raw) (DACER code, relax/network/blocks.py `DistributionalQNet2`); both [2, ...].
+
+    `min_q` is the smaller *mean*, so code written for TwinQ (acting, the policy loss) reads it the same way."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, ensemble: int = 2):
+        super().__init__()
+        self.ensemble = ensemble
+        dims = [obs_dim + act_dim] + [hidden] * layers + [2]
+        self.linears = nn.ModuleList(EnsembleLinear(ensemble, a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, s: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([s, a], dim=-1)
+        lead = x.shape[:-1]
+        h = x.reshape(1, -1, x.shape[-1]).expand(self.ensemble, -1, -1)
+        for i, lin in enumerate(self.linears):
+            h = lin(h)
+            if i < len(self.linears) - 1:
+                h = F.mish(h)
+        h = h.reshape(self.ensemble, *lead, 2)
+        return h[..., 0], F.softplus(h[..., 1])
+
+    def min_q(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return self(s, a)[0].min(dim=0).values

@@ -7,26 +7,32 @@ import torch
 from ..backend import Ops
 from ..config import Config, ConfigError
 from .base import Agent, Parts
+from .dacer import DACER
+from .dacer2 import DACER2
 from .dpmd import DPMD
 from .sac import SAC
 from .sdac import SDAC
 
-AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC)}
+AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC, DACER, DACER2)}
 
 
-def check_algo(algo: str) -> None:
+def check_algo(algo: str, seeds: int | None = None) -> None:
     if algo not in AGENTS:
         raise ConfigError(f"unknown algo {algo!r}; choose one of {', '.join(AGENTS)}")
+    if seeds is not None and not AGENTS[algo].supports_seeds:
+        multi = ", ".join(a for a, cls in AGENTS.items() if cls.supports_seeds)
+        raise ConfigError(f"--algo {algo} has no multi-seed path yet (--seeds works with {multi}); run its seeds "
+                          "as separate processes (fastrsm-sweep --seeds-per-process 1)")
 
 
 def make_agent(algo: str, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
                seeds: int | None = None) -> Agent:
     """The agent of `algo`, computing its hot paths with `ops` (fastrsm.backend.make_ops); `seeds=S`: S independent
     agents as one, every input and output with a leading seed axis (fastrsm.seeds)."""
-    check_algo(algo)
+    check_algo(algo, seeds)
     if seeds is None:
         return AGENTS[algo](obs_dim, act_dim, cfg, device, ops)
     return AGENTS[algo](obs_dim, act_dim, cfg, device, ops, seeds=seeds)
 
 
-__all__ = ["AGENTS", "Agent", "DPMD", "Parts", "SAC", "SDAC", "check_algo", "make_agent"]
+__all__ = ["AGENTS", "Agent", "DACER", "DACER2", "DPMD", "Parts", "SAC", "SDAC", "check_algo", "make_agent"]

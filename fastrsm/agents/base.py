@@ -87,6 +87,7 @@ class Agent(nn.Module):
     """Base: twin critics, their targets, counters and checkpointing. Subclasses add the policy."""
 
     algo = "base"
+    supports_seeds = True  # the seed axis of fastrsm.seeds (every parameter, statistic and input stacked over S)
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
                  seeds: int | None = None):

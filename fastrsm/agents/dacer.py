@@ -1,0 +1,159 @@
+"""DACER (Wang et al., NeurIPS 2024, arXiv 2405.15177; SPEC §10), the baseline that backpropagates the policy
+gradient through the whole reverse chain, which RSM avoids.
+
+Facts from the official JAX code (github happy-yan/DACER-Diffusion-with-Online-RL, relax/algorithm/dacer.py,
+relax/network/dacer.py):
+- acting: one chain sample, x_T ~ N(0, I), plus exp(log α)·λ_n·N(0, I), clipped to [−1, 1]; evaluation drops the
+  added noise (the chain's own noise stays). No best-of-N.
+- critic: DSAC-T's twin distributional critics (fastrsm.losses.dsac_*), no entropy term in the target; the
+  bootstrap action is drawn like an acting action (noise included) from the current policy.
+- policy: L_π = mean(−min(μ1, μ2)(s, a_θ(s))), gradient through every chain step, the noise and the clip;
+  on updates 0, 2, 4, ... (`step % delay_update == 0`), with the critic targets.
+- α: on updates 0, 10 000, 20 000, ... 200 actions per batch state, the GMM entropy estimate (fastrsm.gmm),
+  loss −log α·(−H + H_target), H_target = −0.9·d, Adam 0.03. α enters only as the noise scale.
+
+Differences, chosen: the official code computes every loss from the parameters at the start of the update (a
+functional JAX step); here the entropy/α part runs first (on the policy before this update, as there), then the
+critic, then the policy against the critic just updated (as every fastrsm agent does). The official
+initialisation is log α₀ = 1.2 ("1.2 or 1.7" in relax/network/dacer.py); SPEC §10 and the task say log 3 (α₀ = 3),
+the `dacer_alpha_init` setting.
+
+The policy gradient needs a differentiable chain. Ops' chains (the fused Triton kernel in particular) are
+forward-only, so the policy step runs the PyTorch reference chain with autograd (`diff_chain`); a backend that
+grows a differentiable chain can provide `ops.chain_grad` and it is used instead. Acting and the entropy samples
+run without gradient through `ops.chain` (fused on a GPU)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..backend import Ops
+from ..config import Config, ConfigError
+from ..diffusion import DiffusionPolicy, reverse_chain
+from ..gmm import gmm_entropy, sklearn_gmm_entropy
+from ..losses import alpha_loss, dsac_critic_loss, dsac_std_ema, dsac_targets
+from ..nets import DistributionalTwinQ
+from ..replay import Batch
+from .base import Agent, Parts, frozen_copy, make_adam, no_param_grads
+
+
+class DACER(Agent):
+    algo = "dacer"
+    supports_seeds = False  # its distributional critic and GMM entropy fit have no seed axis yet
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
+        super().__init__(obs_dim, act_dim, cfg, device, ops)
+        if cfg.dacer_entropy == "sklearn" and device.type == "cuda" and cfg.cuda_graphs:
+            raise ConfigError("dacer-entropy sklearn runs on the host and cannot be captured in a CUDA graph; "
+                              "use --dacer-entropy torch or --cuda-graphs false")
+        # the base's TwinQ is replaced by DSAC-T's distributional twin
+        self.critic = DistributionalTwinQ(obs_dim, act_dim, cfg.hidden, cfg.layers).to(device)
+        self.critic_target = frozen_copy(self.critic)
+        self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device)
+        self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
+                                      cfg.schedule, cfg.beta_scale).to(device)
+        self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device)
+        self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.dacer_alpha_init), device=device))
+        self.opt_alpha = make_adam([self.log_alpha], cfg.lr_dacer_alpha, device)
+        self.target_entropy = cfg.target_entropy_per_dim * act_dim  # −0.9·d, as DACER
+        # per-critic EMA m of the batch-mean σ; −1 = not yet set (the first batch sets it), as the official code
+        self.register_buffer("q_std_ema", torch.full((2,), -1.0, device=device))
+        self.register_buffer("entropy", torch.zeros((), device=device))  # the last GMM estimate (a metric)
+
+    # -- the chain
+    def chain_inputs(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_T ~ N(0, I) (DACER's p_sample; not fastrsm's 0.5·N) and the per-step noise [T, rows, A]."""
+        x_T = torch.randn(rows, self.act_dim, device=self.device)
+        noise = torch.randn(self.policy.T, rows, self.act_dim, device=self.device)
+        return x_T, noise
+
+    def diff_chain(self, s: torch.Tensor, x_T: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The reverse chain with autograd through all T steps: a backend's differentiable chain when it has one,
+        else the PyTorch reference."""
+        chain = getattr(self.ops, "chain_grad", None) or reverse_chain
+        return chain(self.policy.eps_net, self.policy.sched, s, x_T, noise)
+
+    def add_noise(self, x0: torch.Tensor) -> torch.Tensor:
+        """a = clip(x_0 + exp(log α)·λ_n·N(0, I), −1, 1); differentiable in x_0 (α held constant)."""
+        return (x0 + self.alpha * self.cfg.dacer_noise * torch.randn_like(x0)).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def sample(self, s: torch.Tensor, explore: bool = True) -> torch.Tensor:
+        x_T, noise = self.chain_inputs(s.shape[0])
+        x0 = self.ops.chain(self.policy.eps_net, self.policy.sched, s, x_T, noise)
+        return self.add_noise(x0) if explore else x0
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+        return self.sample(obs, explore)
+
+    # -- the schedule: DACER counts from update 0 (`step % delay == 0`)
+    def parts_for(self, updates: int, policy_updates: int) -> Parts:
+        parts: Parts = ("critic",)
+        if updates % self.cfg.policy_delay == 0:
+            parts += ("policy",)
+        if updates % self.cfg.dacer_alpha_every == 0:
+            parts += ("alpha",)
+        return parts
+
+    def schedule_period(self) -> int:
+        return math.lcm(self.cfg.policy_delay, self.cfg.dacer_alpha_every)
+
+    # -- the update
+    def update_step(self, batch: Batch, parts: Parts) -> dict[str, torch.Tensor]:
+        metrics: dict[str, torch.Tensor] = {}
+        if "alpha" in parts:  # the entropy of the policy as it is before this update, as the official code
+            metrics.update(self.entropy_alpha_step(batch.obs))
+        metrics.update(super().update_step(batch, tuple(p for p in parts if p != "alpha")))
+        return metrics
+
+    def critic_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], None]:
+        cfg = self.cfg
+        with torch.no_grad():
+            a2 = self.sample(batch.next_obs, explore=True)
+            next_mean, next_std = self.critic_target(batch.next_obs, a2)
+            z = torch.randn_like(batch.reward)
+            y, y_s = dsac_targets(batch.reward, batch.terminated, next_mean, next_std, z, cfg.gamma,
+                                  cfg.reward_scale, cfg.dsac_bound)
+        mean, std = self.critic(batch.obs, batch.action)
+        dsac_std_ema(self.q_std_ema, std.detach(), cfg.dsac_std_rate)  # m first: the loss reads this batch's m
+        loss = dsac_critic_loss(mean, std, y, y_s, self.q_std_ema, cfg.dsac_eps, cfg.dsac_bound)
+        self.opt_q.zero_grad(set_to_none=False)
+        loss.backward()
+        self.opt_q.step()
+        return {"loss_q": loss.detach(), "q_mean": mean.detach().mean(), "q_std": std.detach().mean(),
+                "q_std_ema": self.q_std_ema.mean()}, None
+
+    def policy_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x_T, noise = self.chain_inputs(obs.shape[0])
+        a = self.add_noise(self.diff_chain(obs, x_T, noise))
+        with no_param_grads(self.critic):  # only ∂Q/∂a flows back into the chain
+            q = self.critic.min_q(obs, a)
+        return -q.mean(), {}
+
+    def policy_step(self, batch: Batch, reuse: None) -> dict[str, torch.Tensor]:
+        loss, metrics = self.policy_loss(batch.obs)
+        self.opt_pi.zero_grad(set_to_none=False)
+        loss.backward()
+        self.opt_pi.step()
+        return {"loss_pi": loss.detach(), **metrics}
+
+    def alpha_step(self) -> dict[str, torch.Tensor]:
+        return {}  # DACER's α step needs the batch's states: `entropy_alpha_step`, run from `update_step`
+
+    def entropy_alpha_step(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg, n = self.cfg, self.cfg.dacer_entropy_samples
+        with torch.no_grad():
+            acts = self.sample(obs.repeat_interleave(n, dim=0), explore=True).reshape(obs.shape[0], n, self.act_dim)
+            if cfg.dacer_entropy == "sklearn":
+                h = sklearn_gmm_entropy(acts, cfg.dacer_gmm_components)
+            else:
+                h = gmm_entropy(acts, cfg.dacer_gmm_components, cfg.dacer_gmm_iters)
+            self.entropy.copy_(h)
+        loss = alpha_loss(self.log_alpha, self.entropy, self.target_entropy)
+        self.opt_alpha.zero_grad(set_to_none=False)
+        loss.backward()
+        self.opt_alpha.step()
+        return {"loss_alpha": loss.detach(), "entropy": self.entropy.clone(), "alpha": self.alpha}
