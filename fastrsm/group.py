@@ -41,10 +41,9 @@ from .cli import EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_SIGINT, EXIT_SIGTERM
 from .config import Config
 from .envs import StepResult, VecEnv, evaluate_episodes, make_vec_env
 from .graphs import make_fast_agent
-from .loop import LoopState
+from .loop import LoopState, _Stop, env_seed, eval_seed
 from .runlog import RunLog, load_checkpoint
 from .seeds import SeedReplay, load_seeds, seed_checkpoint
-from .train import _Stop, env_seed, eval_seed
 from .utils import DiskFullError, atomic_write_json, resolve_device, rng_state, seed_everything, set_rng_state
 
 GROUP_FILE = "group.json"

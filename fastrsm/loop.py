@@ -8,6 +8,7 @@ sample the replay as it was before that step, which is what lets them overlap th
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,34 @@ import torch
 from .config import Config
 from .envs import StepResult, VecEnv
 from .profiling import nvtx_range
+
+
+def env_seed(cfg: Config, segment: int) -> int:
+    return cfg.seed * 1_000_003 + segment
+
+
+def eval_seed(cfg: Config, index: int) -> int:
+    return cfg.seed * 1_000_003 + 500_000 + index
+
+
+class _Stop:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step and exits cleanly."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
 
 
 class Diverged(RuntimeError):

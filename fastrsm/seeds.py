@@ -43,7 +43,7 @@ def parse_seeds(text: str) -> list[int]:
         raise ConfigError(f"--seeds {text!r}: seeds must be >= 0")
     dup = sorted({s for s in seeds if seeds.count(s) > 1})
     if dup:
-        raise ConfigError(f"--seeds {text!r} names seed(s) {', '.join(map(str, dup))} more than once")
+        raise ConfigError(f"--seeds {text!r} names seed(s) {', '.join(map(str, dup))} more than once (listed twice)")
     return seeds
 
 

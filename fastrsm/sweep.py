@@ -36,6 +36,7 @@ from typing import Any
 
 from .cli import EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_OK, EXIT_SIGINT, EXIT_USAGE, OneLineParser, parse_set, run_main
 from .config import field_names, make_config
+from .seeds import parse_seeds  # the one --seeds grammar, shared with fastrsm-train
 from .sweep_task import run_attempt
 from .utils import UsageError, atomic_write_json, atomic_write_text
 
@@ -61,28 +62,6 @@ def parse_list(text: str, what: str) -> list[str]:
     if len(set(items)) != len(items):
         raise UsageError(f"--{what} {text!r}: an item is listed twice")
     return items
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-4' -> [0..4]; '0,3,7' and '0-2,9' too. Seeds are non-negative, each at most once."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        lo, sep, hi = part.partition("-")
-        try:
-            if sep:
-                a, b = int(lo), int(hi)
-                if a > b:
-                    raise ValueError
-                seeds.extend(range(a, b + 1))
-            else:
-                seeds.append(int(part))
-        except ValueError:
-            raise UsageError(f"--seeds {text!r}: expected seeds like 0-4, 0,2,5 or 0-2,7 (non-negative, "
-                             f"ranges low-high)") from None
-    if len(set(seeds)) != len(seeds):
-        raise UsageError(f"--seeds {text!r}: a seed is listed twice")
-    return seeds
 
 
 @dataclass

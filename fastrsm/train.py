@@ -25,7 +25,7 @@ from .cli import EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_SIGINT, EXIT_SIGTERM, prepar
 from .config import Config
 from .envs import make_vec_env
 from .evaluate import evaluate_agent
-from .loop import Diverged, LoopState, check_finite
+from .loop import Diverged, LoopState, _Stop, check_finite, env_seed, eval_seed  # noqa: F401
 from .profiling import enable_nvtx, nvtx_range
 from .replay import ReplayBuffer
 from .runlog import RunLog, load_checkpoint
@@ -34,34 +34,6 @@ from .utils import DiskFullError, resolve_device, rng_state, seed_everything, se
 # On a CPU, a run whose measured pace puts its end further away than this gets one line of advice.
 SLOW_RUN_SECONDS = 2 * 3600.0
 PACE_UPDATES = (100, 400)  # the pace is measured between these update counts (after start-up costs)
-
-
-def env_seed(cfg: Config, segment: int) -> int:
-    return cfg.seed * 1_000_003 + segment
-
-
-def eval_seed(cfg: Config, index: int) -> int:
-    return cfg.seed * 1_000_003 + 500_000 + index
-
-
-class _Stop:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step and exits cleanly."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 class _Pace:
