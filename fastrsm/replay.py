@@ -120,16 +120,23 @@ class ReplayBuffer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("capacity", "obs_dim", "act_dim"):
-            if int(state[key]) != getattr(self, key):
-                raise ValueError(f"replay state has {key}={state[key]}, this buffer has {getattr(self, key)}")
-        size, ptr = int(state["size"]), int(state["ptr"])
-        if not (0 <= size <= self.capacity and 0 <= ptr < self.capacity):
-            raise ValueError(f"replay state has an invalid size/ptr ({size}/{ptr})")
+        size, ptr = check_replay_state(state, self.capacity, self.obs_dim, self.act_dim)
         for name in _FIELDS:
-            src = state[name]
-            if src.shape[0] != size:
-                raise ValueError(f"replay state field {name!r} has {src.shape[0]} rows, expected {size}")
-            getattr(self, name)[:size] = src.to(self.device)
+            getattr(self, name)[:size] = state[name].to(self.device)
         self._ptr = ptr
         self._set_size(size)
+
+
+def check_replay_state(state: dict[str, Any], capacity: int, obs_dim: int, act_dim: int) -> tuple[int, int]:
+    """Validate a saved replay state (`ReplayBuffer.state_dict`, or one seed's of fastrsm.seeds.SeedReplay)
+    against a buffer's shape; returns its (size, ptr)."""
+    for key, have in (("capacity", capacity), ("obs_dim", obs_dim), ("act_dim", act_dim)):
+        if int(state[key]) != have:
+            raise ValueError(f"replay state has {key}={state[key]}, this buffer has {have}")
+    size, ptr = int(state["size"]), int(state["ptr"])
+    if not (0 <= size <= capacity and 0 <= ptr < capacity):
+        raise ValueError(f"replay state has an invalid size/ptr ({size}/{ptr})")
+    for name in _FIELDS:
+        if state[name].shape[0] != size:
+            raise ValueError(f"replay state field {name!r} has {state[name].shape[0]} rows, expected {size}")
+    return size, ptr

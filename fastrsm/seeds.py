@@ -16,7 +16,7 @@ import torch
 
 from .agents.base import Agent
 from .config import ConfigError
-from .replay import Batch
+from .replay import Batch, check_replay_state
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -207,12 +207,7 @@ class SeedReplay:
         return state
 
     def load_state_dict(self, s: int, state: dict[str, Any]) -> None:
-        for key in ("capacity", "obs_dim", "act_dim"):
-            if int(state[key]) != getattr(self, key):
-                raise ValueError(f"replay state has {key}={state[key]}, this buffer has {getattr(self, key)}")
-        size, ptr = int(state["size"]), int(state["ptr"])
-        if not (0 <= size <= self.capacity and 0 <= ptr < self.capacity):
-            raise ValueError(f"replay state has an invalid size/ptr ({size}/{ptr})")
+        size, ptr = check_replay_state(state, self.capacity, self.obs_dim, self.act_dim)
         for name in Batch._fields:
             getattr(self, name)[s, :size] = state[name].to(self.device)
         self._ptr[s] = ptr
