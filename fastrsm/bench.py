@@ -168,7 +168,7 @@ def bench_backend(name: str, cfg: Config, obs_dim: int, act_dim: int, device: to
             row["env_steps_per_s"] = env_loop(cfg, args.env_steps, args.seed, fast, rb, device)
         if device.type == "cuda":
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        row["graphs_captured"] = fast.captures
+        row["graphs_captured"] = getattr(fast, "captures", 0)  # CUDA graphs only; 0 for compile/eager
         row["status"] = "ok"
     except BackendError as e:  # e.g. triton not installed
         row["status"] = f"n/a ({e})"

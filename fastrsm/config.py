@@ -203,6 +203,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         # a short run needs fast target propagation: a larger Polyak rate and learning rates
         tau=0.02, lr_q=1e-3, lr_policy=1e-3,
     ),
+    # Between smoke and paper: MuJoCo locomotion within a CPU's reach (IDP/Hopper in bench/LEARNING.md). Half-width
+    # nets with two hidden layers (SAC's usual 256x2 halved: a 4-seed group update costs what one paper-size update
+    # does), T = 10 and N = 16 (half the paper's chain and particles: the chain is half of DPMD's update), one env at
+    # UTD 1 (the standard sample-efficient SAC set-up: a short budget spends its compute on updates, not on a
+    # 30k-step warm-up), and the paper's own α schedule, reward scale, learning rates and Polyak rate.
+    "small": dict(
+        num_envs=1, utd=1.0, warmup_steps=5_000, eval_every=5_000, eval_episodes=10, log_every=1_000,
+        total_steps=100_000, buffer_size=1_000_000, batch_size=256, hidden=128, layers=2, diffusion_steps=10,
+        particles=16, reverse_samples=16, lr_decay_start=25_000, lr_decay_end=50_000, torch_threads=1,
+        # the bootstrap's a' (DPMD's a_0, SDAC's anchor) is the best of 4, not of 16: that best-of-N over the whole
+        # batch is 3/4 of a DPMD update at N = 16 (99 ms vs 29 ms per update on one CPU thread, Hopper)
+        target_particles=4,
+    ),
     # DACER's MuJoCo numbers (official code: scripts/train_mujoco.py, relax/algorithm/dacer.py; SPEC §10):
     # T = 20 on the VP schedule, 20 envs with one update per vector step, Adam 1e-4 with no decay, warm-up 3e4.
     "dacer": dict(

@@ -1,0 +1,285 @@
+"""The learning campaign of bench/LEARNING.md: DPMD, SDAC and SAC (and DACER/DACER2 on InvertedDoublePendulum with
+--with-dacer) on the paper's InvertedDoublePendulum-v4 and Hopper-v4, 4 seeds each, `--preset small`.
+
+    python bench/learning.py                      # run (or continue) the whole campaign, then write the report
+    python bench/learning.py --report-only        # the report from whatever has run so far
+    python bench/learning.py --tiny --out /tmp/x  # a few hundred steps of everything, end to end (the test)
+
+Each (task, algo) is one `fastrsm-train --seeds 0,1,2,3` process (the seeds share one process), `--jobs` of them
+at a time, one torch thread each. The campaign survives being stopped at any point: a finished group
+(summary.json status "finished" or "diverged") is skipped, an unfinished one continues with `fastrsm-train --resume`
+from its latest checkpoint (the trainer truncates eval.csv/train.csv to that checkpoint, so no evaluation row is
+lost or written twice), a missing one starts. SIGINT/SIGTERM reach the trainers, which checkpoint and stop.
+
+After training, each seed's best checkpoint is evaluated again through the public `fastrsm.load_policy`, once with
+the run's best-of-N and once with N = 1 (the diffusion policy acting alone), on the same evaluation episodes; the
+results are cached per checkpoint in `SEED_DIR/reeval_n{N}.json`. The report (OUT/report.md, OUT/curves.png) has
+the paper-style table (best evaluation per seed, mean ± std over seeds; final evaluation), the two re-evaluations,
+wall time and env-steps/s per group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SEEDS = (0, 1, 2, 3)
+PRESET = "small"
+# Budgets: IDP is solved (≈ 9.3k) by SAC at UTD 1 within a few 10k steps; Hopper's budget is what the 2-core CPU
+# affords (a DPMD group of 4 seeds runs ≈ 10 env steps/s there; bench/LEARNING.md has the measured figures).
+TASKS: dict[str, dict[str, int]] = {
+    "InvertedDoublePendulum-v4": dict(total_steps=30_000, eval_every=2_500),
+    "Hopper-v4": dict(total_steps=100_000, eval_every=5_000),
+}
+ALGOS = ("dpmd", "sdac", "sac")
+DACER_ALGOS = ("dacer", "dacer2")  # on InvertedDoublePendulum only (--with-dacer)
+DONE_STATES = ("finished", "diverged")
+TINY = dict(total_steps=300, warmup_steps=150, eval_every=150, eval_episodes=2, log_every=150, buffer_size=1000)
+TINY_REEVAL_EPISODES = 2
+
+
+@dataclass
+class Trial:
+    env: str
+    algo: str
+    settings: dict[str, Any]
+    seeds: tuple[int, ...]
+    out: Path
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    started: float = 0.0
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / f"{self.env}__{self.algo}"
+
+    def status(self) -> str:
+        """'done' (finished or diverged), 'partial' (has a checkpoint to resume from), 'new' or 'broken'."""
+        summary = self.run_dir / "summary.json"
+        if summary.is_file():
+            try:
+                if json.loads(summary.read_text()).get("status") in DONE_STATES:
+                    return "done"
+            except (OSError, json.JSONDecodeError):
+                pass
+        if not self.run_dir.exists():
+            return "new"
+        if (self.run_dir / "group.json").is_file() and all(
+                (self.run_dir / f"seed_{s}" / "checkpoints" / "latest.pt").is_file() for s in self.seeds):
+            return "partial"
+        return "broken"  # stopped before its first checkpoint: nothing to resume, so it starts again
+
+    def command(self) -> list[str]:
+        train = [sys.executable, "-m", "fastrsm.train"]
+        if self.status() == "partial":
+            return [*train, "--resume", str(self.run_dir), "--quiet"]
+        sets = [x for k, v in self.settings.items() for x in ("--set", f"{k}={v}")]
+        return [*train, "--env", self.env, "--algo", self.algo, "--preset", PRESET, "--device", "cpu",
+                "--seeds", ",".join(map(str, self.seeds)), "--run-dir", str(self.run_dir), "--quiet", *sets]
+
+
+def make_trials(out: Path, algos: list[str], tasks: list[str], with_dacer: bool, tiny: bool,
+                steps: int | None = None) -> list[Trial]:
+    trials = []
+    for env in tasks:
+        names = list(algos) + (list(DACER_ALGOS) if with_dacer and env.startswith("InvertedDouble") else [])
+        for algo in names:
+            settings = {**TASKS[env], **(TINY if tiny else {}), **({"total_steps": steps} if steps else {})}
+            trials.append(Trial(env, algo, settings, SEEDS[:2] if tiny else SEEDS, out))
+    return trials
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_trials(trials: list[Trial], jobs: int) -> int:
+    """Runs every trial that is not done, `jobs` at a time. Returns the number of trials that failed."""
+    todo = [t for t in trials if t.status() != "done"]
+    for t in trials:
+        if t not in todo:
+            _say(f"skip {t.env} {t.algo}: done")
+    running: list[Trial] = []
+    failed = 0
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for t in running:  # the trainers checkpoint on SIGTERM and exit; the next start resumes them
+            if t.proc and t.proc.poll() is None:
+                t.proc.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    try:
+        while (todo or running) and not (stopping and not running):
+            while todo and len(running) < jobs and not stopping:
+                t = todo.pop(0)
+                cmd = t.command()
+                if t.status() == "broken":
+                    # no checkpoint of every seed: the group never got past its first evaluation; start afresh
+                    import shutil
+                    shutil.rmtree(t.run_dir)
+                    cmd = t.command()
+                t.run_dir.parent.mkdir(parents=True, exist_ok=True)
+                log = open(t.out / f"{t.env}__{t.algo}.log", "a", encoding="utf-8")
+                log.write(f"\n$ {' '.join(cmd)}\n")
+                log.flush()
+                _say(f"start {t.env} {t.algo}: {' '.join(cmd[1:])}")
+                t.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                log.close()
+                t.started = time.time()
+                running.append(t)
+            time.sleep(0.5)
+            for t in list(running):
+                rc = t.proc.poll() if t.proc else 0
+                if rc is None:
+                    continue
+                running.remove(t)
+                mins = (time.time() - t.started) / 60
+                if rc == 0 or rc == 3:  # 3 = diverged: a result, recorded in summary.json
+                    _say(f"{'finished' if rc == 0 else 'diverged'} {t.env} {t.algo} ({mins:.1f} min)")
+                elif rc in (130, 143):
+                    _say(f"stopped {t.env} {t.algo} ({mins:.1f} min); run the same command again to resume it")
+                else:
+                    failed += 1
+                    _say(f"FAILED {t.env} {t.algo} (exit {rc}); see {t.out / (t.env + '__' + t.algo + '.log')}")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return failed + (1 if stopping else 0)
+
+
+# ------------------------------------------------------------------------------------------------ re-evaluation
+def reevaluate(seed_dir: Path, particles: int | None, episodes: int | None) -> dict[str, Any]:
+    """The best checkpoint, evaluated through `fastrsm.load_policy`; cached next to it per checkpoint file."""
+    import torch
+
+    from fastrsm import load_policy
+    from fastrsm.config import field_names, make_config
+    from fastrsm.envs import evaluate_episodes, make_vec_env
+
+    ckpt = seed_dir / "checkpoints" / "best.pt"
+    policy = load_policy(str(seed_dir), "best", "cpu", particles, seed=12345)
+    key = f"n{policy.particles}"
+    cache = seed_dir / f"reeval_{key}.json"
+    stamp = ckpt.stat().st_mtime_ns
+    if cache.is_file():
+        old = json.loads(cache.read_text())
+        if old.get("checkpoint_mtime_ns") == stamp and (episodes is None or old.get("episodes") == episodes):
+            return old
+    saved = json.loads((seed_dir / "config.json").read_text())["config"]
+    cfg = make_config("paper", {k: v for k, v in saved.items() if k in field_names()})
+    n_ep = episodes or cfg.eval_episodes
+    venv = make_vec_env(cfg.env_id, n_ep, 12345, cfg.env_backend)
+    try:
+        with torch.inference_mode():
+            returns = evaluate_episodes(
+                venv, lambda o: policy.act_unit(torch.as_tensor(o, device=policy.device)).cpu().numpy(), n_ep)
+    finally:
+        venv.close()
+    out = {"particles": policy.particles, "episodes": n_ep, "return_mean": float(np.mean(returns)),
+           "return_std": float(np.std(returns)), "checkpoint_mtime_ns": stamp}
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, cache)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def _duration(seconds: float | None) -> str:
+    if not seconds:
+        return "–"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.2f} h"
+
+
+def _fmt(xs: list[float]) -> str:
+    return f"{np.mean(xs):.0f} ± {np.std(xs):.0f}" if xs else "–"
+
+
+def report(trials: list[Trial], out: Path, tiny: bool, png: Path) -> str:
+    from fastrsm.plot import load_run, save_plot
+
+    rows = ["| task | algo | seeds | budget (env steps) | best eval, best-of-N (mean ± std) | final eval | "
+            "best ckpt re-eval, best-of-N | best ckpt re-eval, N = 1 | wall time | env-steps/s |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    runs = []
+    for t in trials:
+        if not t.run_dir.exists():
+            rows.append(f"| {t.env} | {t.algo} | – | {t.settings['total_steps']} | not started | | | | | |")
+            continue
+        done = t.status() == "done"
+        best, final, full, alone, steps = [], [], [], [], []
+        for s in t.seeds:
+            d = t.run_dir / f"seed_{s}"
+            r = load_run(d) if (d / "config.json").is_file() else None
+            if r is None:
+                continue
+            runs.append(r)
+            best.append(r.best_return)
+            final.append(float(r.return_mean[-1]))
+            steps.append(int(r.steps[-1]))
+            if done and (d / "checkpoints" / "best.pt").is_file():
+                episodes = TINY_REEVAL_EPISODES if tiny else None
+                full.append(reevaluate(d, None, episodes)["return_mean"])
+                if t.algo != "sac":  # SAC has no particles: its N = 1 is its mean action, the full column
+                    alone.append(reevaluate(d, 1, episodes)["return_mean"])
+        summary = {}
+        if (t.run_dir / "summary.json").is_file():
+            summary = json.loads((t.run_dir / "summary.json").read_text())
+        wall = summary.get("wall_time_s")
+        sps = summary.get("aggregate_steps_per_s")
+        state = summary.get("status", "running") if done else f"at {min(steps, default=0)} steps"
+        rows.append(f"| {t.env} | {t.algo} | {len(best)} | {t.settings['total_steps']} ({state}) | {_fmt(best)} | "
+                    f"{_fmt(final)} | {_fmt(full)} | {_fmt(alone) if t.algo != 'sac' else 'n/a'} | "
+                    f"{_duration(wall)} | {f'{sps:.1f}' if sps else '–'} |")
+    if runs:
+        save_plot(runs, png)
+    text = "\n".join(rows) + (
+        "\n\nbest eval: per seed the best evaluation average over the run (the paper's statistic), mean ± std over "
+        "seeds (ddof 0); final eval: the last evaluation; re-eval: the best checkpoint evaluated again through "
+        "fastrsm.load_policy on the same episodes, with the run's best-of-N and with N = 1 (the diffusion policy "
+        "alone); env-steps/s: all seeds' env steps per wall second of the group process.\n")
+    (out / "report.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/learning", help="campaign folder (default: runs/learning)")
+    p.add_argument("--jobs", type=int, default=2, help="trainer processes at a time (one torch thread each)")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated env ids")
+    p.add_argument("--algos", default=",".join(ALGOS), help="comma-separated algorithms")
+    p.add_argument("--with-dacer", action="store_true", help="add DACER and DACER2 on InvertedDoublePendulum")
+    p.add_argument("--report-only", action="store_true", help="train nothing; write the report of what exists")
+    p.add_argument("--tiny", action="store_true", help="a few hundred steps, 2 seeds: the end-to-end check")
+    p.add_argument("--png", default=None, help="curves PNG (default: OUT/curves.png)")
+    p.add_argument("--steps", type=int, default=None, help="env steps of every task (default: each task's budget)")
+    args = p.parse_args(argv)
+    tasks = [x.strip() for x in args.tasks.split(",") if x.strip()]
+    algos = [x.strip() for x in args.algos.split(",") if x.strip()]
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks or not algos or args.jobs < 1:
+        print(f"learning.py: tasks must be among {', '.join(TASKS)}, algos non-empty and --jobs >= 1",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trials = make_trials(out, algos, tasks, args.with_dacer, args.tiny, args.steps)
+    failed = 0 if args.report_only else run_trials(trials, args.jobs)
+    print(report(trials, out, args.tiny, Path(args.png) if args.png else out / "curves.png"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""bench/learning.py end to end at a tiny budget: it trains, survives being stopped, resumes without losing or
+repeating an evaluation row, skips what is done, and writes the report (table with the N = 1 column + PNG)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "learning.py"
+ENV = "InvertedDoublePendulum-v4"
+
+
+def _campaign(out: Path, *extra: str, **kw) -> subprocess.Popen:
+    cmd = [sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--tasks", ENV, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kw)
+
+
+def _eval_steps(seed_dir: Path) -> list[int]:
+    with open(seed_dir / "eval.csv", newline="") as f:
+        return [int(row["step"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_campaign_stops_resumes_and_reports(tmp_path: Path) -> None:
+    pytest.importorskip("mujoco")
+    out = tmp_path / "camp"
+    group = out / f"{ENV}__sac"
+    # 1) stop the campaign once every seed has its first checkpoint (step 150 of 1200)
+    p = _campaign(out, "--algos", "sac", "--steps", "1200")
+    deadline = time.time() + 120
+    ckpts = [group / f"seed_{s}" / "checkpoints" / "latest.pt" for s in (0, 1)]
+    while time.time() < deadline and not all(c.is_file() for c in ckpts) and p.poll() is None:
+        time.sleep(0.05)
+    assert p.poll() is None, "the run finished before it could be stopped: " + p.communicate()[0][-2000:]
+    p.send_signal(signal.SIGTERM)
+    log = p.communicate(timeout=120)[0]
+    assert "stopped" in log, log[-2000:]
+    before = _eval_steps(group / "seed_0")
+    assert before and before[-1] < 1200
+
+    # 2) the same command continues it (with --resume) to the end: every evaluation exactly once
+    p = _campaign(out, "--algos", "sac", "--steps", "1200")
+    log = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, log[-3000:]
+    assert "--resume" in log, log[-2000:]
+    for s in (0, 1):
+        assert _eval_steps(group / f"seed_{s}") == list(range(150, 1201, 150))
+
+    # 3) a third start trains nothing
+    mtime = (group / "seed_0" / "eval.csv").stat().st_mtime_ns
+    p = _campaign(out, "--algos", "sac", "--steps", "1200")
+    log = p.communicate(timeout=300)[0]
+    assert p.returncode == 0 and f"skip {ENV} sac: done" in log, log[-2000:]
+    assert (group / "seed_0" / "eval.csv").stat().st_mtime_ns == mtime
+
+    # 4) a diffusion algorithm joins: its N = 1 column is filled, SAC's says n/a; the PNG is written
+    p = _campaign(out, "--algos", "sac,dpmd")
+    log = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, log[-3000:]
+    table = (out / "report.md").read_text()
+    dpmd_row = next(line for line in table.splitlines() if f"| {ENV} | dpmd |" in line)
+    sac_row = next(line for line in table.splitlines() if f"| {ENV} | sac |" in line)
+    cells = [c.strip() for c in dpmd_row.strip("|").split("|")]
+    assert cells[2] == "2" and "finished" in cells[3]
+    assert "±" in cells[7], dpmd_row  # the N = 1 re-evaluation
+    assert "n/a" in sac_row
+    for s in (0, 1):
+        assert (out / f"{ENV}__dpmd" / f"seed_{s}" / "reeval_n1.json").is_file()
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_campaign_refuses_unknown_task(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--tasks", "Nope-v0", "--report-only"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "tasks must be among" in r.stderr
