@@ -80,7 +80,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--backend", default=None, help="hot-path implementation: auto, torch, compile or triton")
     p.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESETS)}: paper (the authors' relax code, "
-                   "SPEC §7), smoke (tiny, CPU-friendly), flowrl (the authors' later FlowRL library's settings)")
+                   "SPEC §7), small (MuJoCo on a CPU: 128x2 nets, T=10, N=16), smoke (tiny, CPU-friendly), "
+                   "flowrl (the authors' later FlowRL library's settings)")
     p.add_argument("--run-dir", default=None, help="run directory (default runs/<env>__<algo>__<seed>__<time>)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--config", default=None, metavar="FILE", help="JSON file of settings")

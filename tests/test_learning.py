@@ -1,8 +1,12 @@
-"""Learning tests (SPEC "Learning tests are real"): with a fixed seed and the smoke preset, each algorithm
-reaches an evaluation return >= 900 on InvertedPendulum-v4 within a budget of 30 000 env steps, on 2 CPU cores.
+"""Learning tests (SPEC "Learning tests are real"), fixed seed 0, smoke preset, 2 CPU cores.
 
-The issue asks for 20 000 steps: SAC and SDAC clear the bar at 12 000 with seed 0 and DPMD at 20 000, which
-leaves no margin, so the stated budget is 30 000. A run stops at its first evaluation >= 900 (`stop_return`).
+InvertedPendulum-v4: SAC reaches an evaluation return >= 900 within 30 000 env steps (it does at 12 000).
+InvertedDoublePendulum-v4 (in the paper's table, and harder: two poles, returns up to ~9 350): DPMD and SDAC reach
+IDP_BAR with best-of-N within IDP_BUDGET env steps, AND the learned diffusion policy acting alone (N = 1, no Q
+selection) reaches IDP_POLICY_BAR — a policy that does not learn keeps the double pendulum up for a few steps
+only (return ≈ 30–60), so a crippled policy cannot hide behind the critic's selection. These replaced the
+InvertedPendulum runs of DPMD and SDAC (which reached 900 at 20 000 and 12 000 steps), which the IDP runs
+subsume at the same CI cost. A run stops at its first evaluation >= its bar (`stop_return`).
 
 On this task best-of-N selection by a learned critic does much of the work: DPMD with a policy that never
 learns (lr ~0, a frozen random diffusion model) also balances the pole (1000 at 16 000 steps, measured). So
@@ -21,11 +25,14 @@ from fastrsm.evaluate import main as eval_main
 from fastrsm.train import train
 
 BUDGET, BAR, POLICY_BAR = 30_000, 900.0, 50.0
+IDP = "InvertedDoublePendulum-v4"
+IDP_BUDGET, IDP_BAR, IDP_POLICY_BAR = 25_000, 3000.0, 200.0
 
 
-def _run(tmp_path, algo: str, **over) -> tuple[dict, str]:
-    cfg = make_config("smoke", {"env_id": "InvertedPendulum-v4", "algo": algo, "seed": 0, "device": "cpu",
-                                "total_steps": BUDGET, "stop_return": BAR, **over})
+def _run(tmp_path, algo: str, env: str = "InvertedPendulum-v4", budget: int = BUDGET, bar: float = BAR,
+         **over) -> tuple[dict, str]:
+    cfg = make_config("smoke", {"env_id": env, "algo": algo, "seed": 0, "device": "cpu",
+                                "total_steps": budget, "stop_return": bar, **over})
     run_dir = str(tmp_path / algo)
     assert train(cfg, run_dir, progress=False) == 0
     with open(f"{run_dir}/summary.json") as f:
@@ -40,13 +47,19 @@ def _policy_alone(run_dir: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac"])
-def test_reaches_900_on_inverted_pendulum(tmp_path, algo):
-    summary, run_dir = _run(tmp_path, algo)
+def test_sac_reaches_900_on_inverted_pendulum(tmp_path):
+    summary, _ = _run(tmp_path, "sac")
     assert summary["best_return"] >= BAR, summary
     assert summary["env_steps"] <= BUDGET
-    if algo != "sac":
-        assert _policy_alone(run_dir) >= POLICY_BAR
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["dpmd", "sdac"])
+def test_diffusion_policy_learns_inverted_double_pendulum(tmp_path, algo):
+    summary, run_dir = _run(tmp_path, algo, IDP, IDP_BUDGET, IDP_BAR)
+    assert summary["best_return"] >= IDP_BAR, summary
+    assert summary["env_steps"] <= IDP_BUDGET
+    assert _policy_alone(run_dir) >= IDP_POLICY_BAR
 
 
 @pytest.mark.slow
