@@ -246,6 +246,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Settings a preset gives one algorithm only (applied after the preset's common part, before the user's).
 PRESET_ALGO: dict[str, dict[str, dict[str, Any]]] = {
+    # DACER and DACER2 at the small preset's sizes keep what defines them (SPEC §10): the VP schedule, DACER2's
+    # five steps; they act with one chain sample (no best-of-N) whatever `particles` says.
+    "small": {
+        "dacer": dict(schedule="vp"),
+        "dacer2": dict(schedule="vp", diffusion_steps=5),
+    },
     # FlowRL (github typoverflow/flow-rl, examples/online/config/mujoco/{config.yaml,algo/dpmd.yaml,algo/sdac.yaml}):
     # fixed temperature, one env at UTD 1, training actions one chain sample without noise, best of 10 to evaluate.
     "flowrl": {
