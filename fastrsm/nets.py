@@ -115,34 +115,36 @@ class TwinQ(nn.Module):
     With `seeds`, S independent pairs (the ensemble axis becomes S × 2): s, a are [S, ..., dim] and the result
     is [2, S, ...], so that the ensemble stays the leading axis (min_q, critic_loss) for either layout."""
 
+    outputs = 1  # per member; DistributionalTwinQ has 2 (mean, raw std)
+
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, ensemble: int = 2,
                  seeds: int | None = None, activation: str = "mish"):
         super().__init__()
         self.ensemble, self.seeds = ensemble, seeds
         self.act = {"mish": F.mish, "relu": F.relu}[activation]
-        dims = [obs_dim + act_dim] + [hidden] * layers + [1]
+        dims = [obs_dim + act_dim] + [hidden] * layers + [self.outputs]
         self.linears = nn.ModuleList(EnsembleLinear(ensemble, a, b, seeds) for a, b in zip(dims[:-1], dims[1:]))
 
-    def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def members(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Every member's outputs, [E, ..., outputs] (seeds: [E, S, ..., outputs]): the one ensemble MLP."""
         x = torch.cat([s, a], dim=-1)
-        if self.seeds is not None:
-            return self._forward_seeds(x)
-        lead = x.shape[:-1]
-        h = x.reshape(1, -1, x.shape[-1]).expand(self.ensemble, -1, -1)
+        E = self.ensemble
+        if self.seeds is None:
+            lead = x.shape[:-1]
+            h = x.reshape(1, -1, x.shape[-1]).expand(E, -1, -1)
+        else:  # [S, ..., in] -> [S·E, M, in], member-major within each seed (EnsembleLinear's layout)
+            S, lead = x.shape[0], x.shape[1:-1]
+            h = x.reshape(S, 1, -1, x.shape[-1]).expand(S, E, -1, -1).reshape(S * E, -1, x.shape[-1])
         for i, lin in enumerate(self.linears):
             h = lin(h)
             if i < len(self.linears) - 1:
                 h = self.act(h)
-        return h.reshape(self.ensemble, *lead)
+        if self.seeds is None:
+            return h.reshape(E, *lead, self.outputs)
+        return h.reshape(S, E, *lead, self.outputs).transpose(0, 1)
 
-    def _forward_seeds(self, x: torch.Tensor) -> torch.Tensor:
-        S, E, lead = x.shape[0], self.ensemble, x.shape[1:-1]
-        h = x.reshape(S, 1, -1, x.shape[-1]).expand(S, E, -1, -1).reshape(S * E, -1, x.shape[-1])
-        for i, lin in enumerate(self.linears):
-            h = lin(h)
-            if i < len(self.linears) - 1:
-                h = self.act(h)
-        return h.reshape(S, E, *lead).transpose(0, 1)
+    def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return self.members(s, a).squeeze(-1)
 
     def min_q(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return self(s, a).min(dim=0).values
@@ -171,27 +173,17 @@ class GaussianActor(nn.Module):
         return a, logp
 
 
-class DistributionalTwinQ(nn.Module):
+class DistributionalTwinQ(TwinQ):
     """DSAC-T's twin distributional critics (used by DACER): each member outputs the mean μ and the std σ of the
-    return, σ = softplus(raw) (DACER code, relax/network/blocks.py `DistributionalQNet2`); both [2, ...].
+    return, σ = softplus(raw) (DACER code, relax/network/blocks.py `DistributionalQNet2`); both [2, ...]. The same
+    ensemble MLP as TwinQ (activation and depth from the same settings), with two outputs per member.
 
     `min_q` is the smaller *mean*, so code written for TwinQ (acting, the policy loss) reads it the same way."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, ensemble: int = 2):
-        super().__init__()
-        self.ensemble = ensemble
-        dims = [obs_dim + act_dim] + [hidden] * layers + [2]
-        self.linears = nn.ModuleList(EnsembleLinear(ensemble, a, b) for a, b in zip(dims[:-1], dims[1:]))
+    outputs = 2
 
-    def forward(self, s: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([s, a], dim=-1)
-        lead = x.shape[:-1]
-        h = x.reshape(1, -1, x.shape[-1]).expand(self.ensemble, -1, -1)
-        for i, lin in enumerate(self.linears):
-            h = lin(h)
-            if i < len(self.linears) - 1:
-                h = F.mish(h)
-        h = h.reshape(self.ensemble, *lead, 2)
+    def forward(self, s: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        h = self.members(s, a)
         return h[..., 0], F.softplus(h[..., 1])
 
     def min_q(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

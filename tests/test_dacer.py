@@ -76,6 +76,24 @@ def test_distributional_twin_q_shapes_and_positive_std():
     assert torch.equal(q.min_q(s, a), q(s, a)[0].min(0)[0])
 
 
+@pytest.mark.parametrize("activation", ["mish", "relu"])
+def test_distributional_twin_q_is_the_ensemble_mlp_with_the_critic_settings(activation):
+    # the critic_activation / critic_layers settings reach DACER's critic (it once hard-coded Mish)
+    torch.manual_seed(0)
+    q = DistributionalTwinQ(3, 2, hidden=8, layers=3, activation=activation)
+    assert len(q.linears) == 4
+    s, a = torch.randn(7, 3), torch.randn(7, 2)
+    act = {"mish": torch.nn.functional.mish, "relu": torch.relu}[activation]
+    for m in range(2):
+        h = torch.cat([s, a], -1)
+        for i, lin in enumerate(q.linears):
+            h = h @ lin.weight[m] + lin.bias[m]
+            h = act(h) if i < 3 else h
+        mean, std = q(s, a)
+        assert torch.allclose(mean[m], h[:, 0], atol=1e-6)
+        assert torch.allclose(std[m], torch.nn.functional.softplus(h[:, 1]), atol=1e-6)
+
+
 # ---------------------------------------------------------------- DACER2's Q-gradient field
 
 

@@ -49,7 +49,8 @@ class DACER(Agent):
             raise ConfigError("dacer-entropy sklearn runs on the host and cannot be captured in a CUDA graph; "
                               "use --dacer-entropy torch or --cuda-graphs false")
         # the base's TwinQ is replaced by DSAC-T's distributional twin
-        self.critic = DistributionalTwinQ(obs_dim, act_dim, cfg.hidden, cfg.layers).to(device)
+        self.critic = DistributionalTwinQ(obs_dim, act_dim, cfg.hidden, cfg.critic_layers or cfg.layers,
+                                          activation=cfg.critic_activation).to(device)
         self.critic_target = frozen_copy(self.critic)
         self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device)
         self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
