@@ -31,10 +31,9 @@ from fastrsm.config import make_config
 from fastrsm.envs import make_vec_env
 from fastrsm.graphs import make_fast_agent
 from fastrsm.group import SeedActor, SeedEnvs
-from fastrsm.loop import LoopState
+from fastrsm.loop import LoopState, env_seed
 from fastrsm.replay import ReplayBuffer
 from fastrsm.seeds import SeedReplay
-from fastrsm.train import env_seed
 from fastrsm.utils import seed_everything
 
 warnings.filterwarnings("ignore", message=r".*is out of date", category=DeprecationWarning)

@@ -65,9 +65,9 @@ class CompiledAgent:
     def capture(self, replay: Any, obs: torch.Tensor | None = None) -> None:
         """Compile now every update the schedule can reach (and act(explore=True) for `obs`), leaving the agent
         and the RNG exactly as found, so no compilation lands in a timed stretch."""
-        from .graphs import _Snapshot  # the same in-place snapshot the CUDA-graph warm-up uses
+        from .graphs import Snapshot  # the same in-place snapshot the CUDA-graph warm-up uses
 
-        snapshot = _Snapshot(self.agent)
+        snapshot = Snapshot(self.agent)
         try:
             for parts in self.agent.reachable_parts():
                 self._timed(("update", parts), self._update_fn(parts), replay.sample())

@@ -60,7 +60,7 @@ def _clone_tree(x: Any) -> Any:
     return x
 
 
-class _Snapshot:
+class Snapshot:
     """Everything an update mutates, cloned; `restore` writes it back *in place*, so tensors that graphs
     captured keep their addresses."""
 
@@ -240,7 +240,7 @@ class GraphedAgent:
 
     def _capture(self, fn: Callable[[], Any], what: str) -> _Captured:
         """Warm up `fn`, capture it, and leave the agent (and the RNG) exactly as found."""
-        snapshot = _Snapshot(self.agent)
+        snapshot = Snapshot(self.agent)
         self.captures += 1
         try:
             if self.mode == "emulate":

@@ -3,7 +3,7 @@
 The S agents are one agent built with `seeds=S` (fastrsm.seeds): stacked weights, batched matmuls, per-seed α,
 statistics and losses; seed s starts from exactly the weights a single run with seed s starts from. The envs
 are S × num_envs sub-envs stepped as one vector env (`SeedEnvs`): seed s's block is made exactly as a single run
-with seed s makes its envs (fastrsm.train.env_seed, envs.sub_env_seeds), re-created at the same checkpoint
+with seed s makes its envs (fastrsm.loop.env_seed, envs.sub_env_seeds), re-created at the same checkpoint
 boundaries. The replay is one device tensor per field, [S, capacity, ...] (fastrsm.seeds.SeedReplay). The loop
 body is fastrsm.loop.vector_step, the one a single run uses.
 
@@ -41,7 +41,7 @@ from .cli import EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_SIGINT, EXIT_SIGTERM
 from .config import Config
 from .envs import StepResult, VecEnv, evaluate_episodes, make_vec_env
 from .graphs import make_fast_agent
-from .loop import LoopState, _Stop, env_seed, eval_seed
+from .loop import LoopState, StopSignals, env_seed, eval_seed
 from .runlog import RunLog, load_checkpoint
 from .seeds import SeedReplay, load_seeds, seed_checkpoint
 from .utils import DiskFullError, atomic_write_json, resolve_device, rng_state, seed_everything, set_rng_state
@@ -224,7 +224,7 @@ def train_group(cfg: Config, seeds: list[int], group_dir: str, resume: bool = Fa
         if all(frozen):
             raise loop.Diverged("every seed diverged")
 
-    with _Stop() as stop:
+    with StopSignals() as stop:
         try:
             while st.env_steps < cfg.total_steps:
                 res = loop.vector_step(cfg, envs, fast, rb, obs, st, metrics, device)

@@ -28,7 +28,7 @@ def eval_seed(cfg: Config, index: int) -> int:
     return cfg.seed * 1_000_003 + 500_000 + index
 
 
-class _Stop:
+class StopSignals:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step and exits cleanly."""
 
     def __init__(self):

@@ -25,7 +25,7 @@ from .cli import EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_SIGINT, EXIT_SIGTERM, prepar
 from .config import Config
 from .envs import make_vec_env
 from .evaluate import evaluate_agent
-from .loop import Diverged, LoopState, _Stop, check_finite, env_seed, eval_seed  # noqa: F401
+from .loop import Diverged, LoopState, StopSignals, check_finite, env_seed, eval_seed
 from .profiling import enable_nvtx, nvtx_range
 from .replay import ReplayBuffer
 from .runlog import RunLog, load_checkpoint
@@ -128,7 +128,7 @@ def train(cfg: Config, run_dir: str, resume: bool = False, argv: list[str] | Non
     compile_said = False
     status, code, message = "crashed", 1, ""
 
-    with _Stop() as stop:
+    with StopSignals() as stop:
         try:
             while st.env_steps < cfg.total_steps:
                 # -- act, step the envs, learn (fastrsm.loop: the one loop body the benchmarks time too)

@@ -255,7 +255,7 @@ def test_evaluate_episodes(backend):
 
 def test_eval_env_is_seeded_apart():
     from fastrsm.config import make_config
-    from fastrsm.train import env_seed, eval_seed
+    from fastrsm.loop import env_seed, eval_seed
 
     cfg = make_config("smoke", {"env_id": PENDULUM})
     assert env_seed(cfg, 0) != eval_seed(cfg, 0)

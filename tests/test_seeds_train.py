@@ -13,11 +13,12 @@ import torch
 from fastrsm import cli
 from fastrsm.envs import make_vec_env
 from fastrsm.group import SeedEnvs
+from fastrsm.loop import env_seed
 from fastrsm.plot import main as plot_main
 from fastrsm.replay import Batch
 from fastrsm.runlog import load_checkpoint
 from fastrsm.seeds import SeedReplay
-from fastrsm.train import env_seed, main
+from fastrsm.train import main
 
 TINY = ["--env", "InvertedPendulum-v4", "--preset", "smoke", "--device", "cpu", "--quiet",
         "--warmup-steps", "100", "--eval-every", "150", "--eval-episodes", "2", "--batch-size", "32",
