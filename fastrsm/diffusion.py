@@ -11,14 +11,16 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .kernels.reference import reverse_chain, reverse_step
-from .nets import EpsilonNet
+from .nets import EpsilonNet, sinusoidal_embedding
 
 SCHEDULES = ("linear", "cosine", "vp")
 
-__all__ = ["SCHEDULES", "Schedule", "DiffusionPolicy", "make_betas", "q_sample", "reverse_chain", "reverse_step"]
+__all__ = ["SCHEDULES", "Schedule", "DiffusionPolicy", "factored_chain", "make_betas", "q_sample", "reverse_chain",
+           "reverse_step"]
 
 
 def make_betas(kind: str, T: int, scale: float = 0.8) -> torch.Tensor:
@@ -128,3 +130,41 @@ class DiffusionPolicy(nn.Module):
         x_T, noise = self.draw_chain_inputs(B * particles, s.device, generator)
         x0 = (chain or reverse_chain)(self.eps_net, self.sched, s, x_T, noise)
         return x0.reshape(B, particles, self.act_dim)
+
+
+def factored_chain(eps_net: nn.Module, sched: Schedule, s: torch.Tensor, x_T: torch.Tensor,
+                   noise: torch.Tensor) -> torch.Tensor:
+    """`reverse_chain` for an EpsilonNet with the step-invariant work hoisted out of the loop (the same
+    factoring as the fused Triton chain): the first layer's state part W_s·s + b once per state, not once per
+    particle and step; the time embedding (sinusoid and its MLP) and W_e·emb_t once per step, not once per row;
+    no concatenation. Each step then runs W_a·a_t, the hidden layers and the posterior update. Equal to
+    `reverse_chain` up to float reassociation (tests/test_factored_chain.py); differentiable like it. Any other
+    network falls back to `reverse_chain`."""
+    if not isinstance(eps_net, EpsilonNet):
+        return reverse_chain(eps_net, sched, s, x_T, noise)
+    W_s, W_a, W_e, b = eps_net.first_layer_parts()
+    B, M, A, T = s.shape[-2], x_T.shape[-2], x_T.shape[-1], sched.T
+    if M % B:
+        raise ValueError(f"{M} chain rows are not a multiple of {B} states")
+    lead = s.shape[:-2]  # () or (seeds,)
+    N = M // B
+    steps = torch.arange(T, device=x_T.device)
+    emb = sinusoidal_time(steps, eps_net.time_dim, lead)  # [T, td] or [S, T, td]
+    e = torch.matmul(eps_net.time_mlp(emb), W_e.transpose(-1, -2))  # [(S,) T, H]
+    s_proj = (torch.matmul(s, W_s.transpose(-1, -2)) + b.unsqueeze(-2)).unsqueeze(-2)  # [(S,) B, 1, H]
+    W_aT = W_a.transpose(-1, -2)
+    hidden = eps_net.hidden_linears()
+    x = x_T
+    for i in reversed(range(T)):
+        e_i = e[..., i, :].unsqueeze(-2).unsqueeze(-2)  # [(S,) 1, 1, H]
+        h = torch.matmul(x, W_aT).reshape(*lead, B, N, -1) + s_proj + e_i
+        for lin in hidden:
+            h = lin(F.mish(h))
+        x = reverse_step(sched, i, x, h.reshape(*lead, M, A), noise[i])
+    return x.clamp(-1.0, 1.0)
+
+
+def sinusoidal_time(steps: torch.Tensor, dim: int, lead: tuple[int, ...] = ()) -> torch.Tensor:
+    """The sinusoidal embedding of step indices, with the leading seed axes a stacked time MLP expects."""
+    emb = sinusoidal_embedding(steps, dim)
+    return emb.expand(*lead, *emb.shape) if lead else emb
