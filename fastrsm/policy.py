@@ -17,6 +17,7 @@ import torch
 
 from .agents import Agent, make_agent
 from .backend import make_ops
+from .compiled import CompiledAgent
 from .config import field_names, make_config
 from .runlog import load_checkpoint
 from .utils import UsageError, resolve_device
@@ -113,8 +114,9 @@ def load_policy(run_dir: str, checkpoint: str = "best", device: str = "cpu", par
 
     checkpoint: "best" (the best evaluation's weights), "latest", or a path to a .pt file. device: "cpu",
     "cuda" or "auto". particles: best-of-N candidates (diffusion policies; default the run's N; 1 = the
-    diffusion policy alone). A missing or corrupt checkpoint, or a run directory that is not one, raises
-    fastrsm.utils.UsageError with one line."""
+    diffusion policy alone). backend: "auto" (eager on a CPU, Triton on CUDA), "torch", "triton", or "compile"
+    (the whole act compiled on its first call: the fastest on a CPU when the policy acts many times). A missing
+    or corrupt checkpoint, or a run directory that is not one, raises fastrsm.utils.UsageError with one line."""
     data = _read_run_config(run_dir)
     saved = {k: v for k, v in data["config"].items() if k in field_names()}
     over: dict[str, Any] = {"device": device, "backend": backend}
@@ -141,6 +143,10 @@ def load_policy(run_dir: str, checkpoint: str = "best", device: str = "cpu", par
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
     agent.eval()
     n = cfg.particles if hasattr(agent, "policy_ema") else None
+    if make_ops(cfg.backend, dev).backend == "compile":
+        # the whole act (chain, Q scoring, argmax) as one compiled function, built on the first call of each
+        # batch shape: tens of seconds once, then ~3x the eager act on a CPU (bench/RESULTS.md)
+        agent = CompiledAgent(agent)
     return Policy(agent, env["action_low"], env["action_high"], cfg.env_id, cfg.algo, n, seed)
 
 
