@@ -27,7 +27,7 @@ def build(algo: str):
     return make_agent(algo, S, A, cfg, torch.device("cpu"), make_ops("compile", "cpu"))
 
 
-@pytest.mark.parametrize("algo", ["dpmd", "sac"])
+@pytest.mark.parametrize("algo", ["dpmd", "sac", "dacer2"])  # dacer2: the chain backward and the GMM α step
 def test_compiled_act_and_update_equal_eager(algo):
     import torch._inductor.config as inductor
 

@@ -52,12 +52,12 @@ class DACER(Agent):
         self.critic = DistributionalTwinQ(obs_dim, act_dim, cfg.hidden, cfg.critic_layers or cfg.layers,
                                           activation=cfg.critic_activation).to(device)
         self.critic_target = frozen_copy(self.critic)
-        self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device)
+        self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device, self.compiled)
         self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
                                       cfg.schedule, cfg.beta_scale).to(device)
-        self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device)
+        self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device, self.compiled)
         self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.dacer_alpha_init), device=device))
-        self.opt_alpha = make_adam([self.log_alpha], cfg.lr_dacer_alpha, device)
+        self.opt_alpha = make_adam([self.log_alpha], cfg.lr_dacer_alpha, device, self.compiled)
         self.target_entropy = cfg.target_entropy_per_dim * act_dim  # −0.9·d, as DACER
         # per-critic EMA m of the batch-mean σ; −1 = not yet set (the first batch sets it), as the official code
         self.register_buffer("q_std_ema", torch.full((2,), -1.0, device=device))
