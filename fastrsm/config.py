@@ -208,9 +208,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # nets with two hidden layers (SAC's usual 256x2 halved: a 4-seed group update costs what one paper-size update
     # does), T = 10 and N = 16 (half the paper's chain and particles: the chain is half of DPMD's update), one env at
     # UTD 1 (the standard sample-efficient SAC set-up: a short budget spends its compute on updates, not on a
-    # 30k-step warm-up), the paper's α schedule, and smoke's faster optimisation (lr 1e-3 decaying to 1e-4, Polyak
-    # rate 0.02, reward scale 1): DPMD small on InvertedDoublePendulum reached 781 at 12.5k steps with it and 335
-    # with the paper's (lr 3e-4, τ 0.005, reward scale 0.2; seed 0, 2026-12-01).
+    # 30k-step warm-up), and smoke's faster optimisation (lr 1e-3 decaying to 1e-4, Polyak rate 0.02, reward scale
+    # 1): DPMD small on InvertedDoublePendulum reached 781 at 12.5k steps with it and 335 with the paper's (lr 3e-4,
+    # τ 0.005, reward scale 0.2; seed 0, 2026-12-01). α starts at 1, the fixed point of the authors' anneal (noise
+    # 0.1·α = 0.1, the entropy target −0.9 per dimension), where a 1M-step run arrives after ~60k updates: a short
+    # run spent at α 5 → 3.5 (noise 0.5 → 0.35) left DPMD 6-10x behind SAC on InvertedDoublePendulum at 12.5k steps
+    # (4 seeds: 620-880 vs 8 424); with α₀ = 1 seeds 0 and 1 reached 9 359 and 7 535 (bench/LEARNING.md).
     "small": dict(
         num_envs=1, utd=1.0, warmup_steps=5_000, eval_every=5_000, eval_episodes=10, log_every=1_000,
         total_steps=100_000, buffer_size=1_000_000, batch_size=256, hidden=128, layers=2, diffusion_steps=10,
@@ -218,6 +221,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the bootstrap's a' (DPMD's a_0, SDAC's anchor) is the best of 4, not of 16: that best-of-N over the whole
         # batch is 3/4 of a DPMD update at N = 16 (99 ms vs 29 ms per update on one CPU thread, Hopper)
         target_particles=4, lr_q=1e-3, lr_policy=1e-3, lr_policy_end=1e-4, tau=0.02, reward_scale=1.0,
+        alpha_init=1.0,
     ),
     # DACER's MuJoCo numbers (official code: scripts/train_mujoco.py, relax/algorithm/dacer.py; SPEC §10):
     # T = 20 on the VP schedule, 20 envs with one update per vector step, Adam 1e-4 with no decay, warm-up 3e4.
