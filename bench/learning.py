@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,12 +126,10 @@ def run_trials(trials: list[Trial], jobs: int) -> int:
         while (todo or running) and not (stopping and not running):
             while todo and len(running) < jobs and not stopping:
                 t = todo.pop(0)
-                cmd = t.command()
                 if t.status() == "broken":
                     # no checkpoint of every seed: the group never got past its first evaluation; start afresh
-                    import shutil
                     shutil.rmtree(t.run_dir)
-                    cmd = t.command()
+                cmd = t.command()
                 t.run_dir.parent.mkdir(parents=True, exist_ok=True)
                 log = open(t.out / f"{t.env}__{t.algo}.log", "a", encoding="utf-8")
                 log.write(f"\n$ {' '.join(cmd)}\n")
@@ -168,6 +167,7 @@ def reevaluate(seed_dir: Path, particles: int | None, episodes: int | None) -> d
     from fastrsm import load_policy
     from fastrsm.config import field_names, make_config
     from fastrsm.envs import evaluate_episodes, make_vec_env
+    from fastrsm.utils import atomic_write_json
 
     ckpt = seed_dir / "checkpoints" / "best.pt"
     policy = load_policy(str(seed_dir), "best", "cpu", particles, seed=12345)
@@ -190,9 +190,7 @@ def reevaluate(seed_dir: Path, particles: int | None, episodes: int | None) -> d
         venv.close()
     out = {"particles": policy.particles, "episodes": n_ep, "return_mean": float(np.mean(returns)),
            "return_std": float(np.std(returns)), "checkpoint_mtime_ns": stamp}
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, cache)
+    atomic_write_json(str(cache), out)
     return out
 
 
