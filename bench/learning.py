@@ -5,17 +5,19 @@
     python bench/learning.py --report-only        # the report from whatever has run so far
     python bench/learning.py --tiny --out /tmp/x  # a few hundred steps of everything, end to end (the test)
 
-Each (task, algo) is one `fastrsm-train --seeds 0,1,2,3` process (the seeds share one process), `--jobs` of them
-at a time, one torch thread each. The campaign survives being stopped at any point: a finished group
-(summary.json status "finished" or "diverged") is skipped, an unfinished one continues with `fastrsm-train --resume`
-from its latest checkpoint (the trainer truncates eval.csv/train.csv to that checkpoint, so no evaluation row is
-lost or written twice), a missing one starts. SIGINT/SIGTERM reach the trainers, which checkpoint and stop.
+Each (task, algo) is one `fastrsm-train --seeds 0,1,2,3` process (the seeds share one process); DACER and
+DACER2, which have no multi-seed path, run one `fastrsm-train --seed K` process per seed (run dir
+TASK__ALGO__seedK). `--jobs` processes run at a time, one torch thread each. The campaign survives being stopped
+at any point: a finished run (summary.json status "finished" or "diverged") is skipped, an unfinished one
+continues with `fastrsm-train --resume` from its latest checkpoint (the trainer truncates eval.csv/train.csv to
+that checkpoint, so no evaluation row is lost or written twice), a missing one starts. SIGINT/SIGTERM reach the
+trainers, which checkpoint and stop.
 
-After training, each seed's best checkpoint is evaluated again through the public `fastrsm.load_policy`, once with
-the run's best-of-N and once with N = 1 (the diffusion policy acting alone), on the same evaluation episodes; the
-results are cached per checkpoint in `SEED_DIR/reeval_n{N}.json`. The report (OUT/report.md, OUT/curves.png) has
-the paper-style table (best evaluation per seed, mean ± std over seeds; final evaluation), the two re-evaluations,
-wall time and env-steps/s per group.
+After training, each seed's best checkpoint is evaluated again through the public `fastrsm.evaluate_policy`, once
+with the run's best-of-N and once with N = 1 (the diffusion policy acting alone), on the same evaluation episodes;
+the results are cached per checkpoint in `SEED_DIR/reeval_n{N}.json` (`reeval_nNone.json` for the algorithms
+without N). The report (OUT/report.md, OUT/curves.png) has the paper-style table (best evaluation per seed,
+mean ± std over seeds; final evaluation), the two re-evaluations, wall time and env-steps/s per group.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ TASKS: dict[str, dict[str, int]] = {
 }
 ALGOS = ("dpmd", "sdac", "sac")
 DACER_ALGOS = ("dacer", "dacer2")  # on InvertedDoublePendulum only (--with-dacer)
+SINGLE_SEED_ALGOS = DACER_ALGOS  # no `--seeds` path in fastrsm-train: one process per seed
+BEST_OF_N_ALGOS = ("dpmd", "sdac")  # act with the best of N chain samples; the others act with one action
 DONE_STATES = ("finished", "diverged")
 TINY = dict(total_steps=300, warmup_steps=150, eval_every=150, eval_episodes=2, log_every=150, buffer_size=1000)
 TINY_REEVAL_EPISODES = 2
@@ -56,12 +60,25 @@ class Trial:
     settings: dict[str, Any]
     seeds: tuple[int, ...]
     out: Path
+    single: bool = False  # one seed in a plain run dir (fastrsm-train --seed), not a --seeds group
     proc: subprocess.Popen | None = field(default=None, repr=False)
     started: float = 0.0
 
     @property
     def run_dir(self) -> Path:
-        return self.out / f"{self.env}__{self.algo}"
+        return self.out / (f"{self.env}__{self.algo}__seed{self.seeds[0]}" if self.single
+                           else f"{self.env}__{self.algo}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.env} {self.algo}" + (f" seed {self.seeds[0]}" if self.single else "")
+
+    @property
+    def log(self) -> Path:
+        return self.out / f"{self.run_dir.name}.log"
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.run_dir if self.single else self.run_dir / f"seed_{seed}"
 
     def status(self) -> str:
         """'done' (finished or diverged), 'partial' (has a checkpoint to resume from), 'new' or 'broken'."""
@@ -74,8 +91,8 @@ class Trial:
                 pass
         if not self.run_dir.exists():
             return "new"
-        if (self.run_dir / "group.json").is_file() and all(
-                (self.run_dir / f"seed_{s}" / "checkpoints" / "latest.pt").is_file() for s in self.seeds):
+        if (self.single or (self.run_dir / "group.json").is_file()) and all(
+                (self.seed_dir(s) / "checkpoints" / "latest.pt").is_file() for s in self.seeds):
             return "partial"
         return "broken"  # stopped before its first checkpoint: nothing to resume, so it starts again
 
@@ -84,8 +101,9 @@ class Trial:
         if self.status() == "partial":
             return [*train, "--resume", str(self.run_dir), "--quiet"]
         sets = [x for k, v in self.settings.items() for x in ("--set", f"{k}={v}")]
+        seeds = ["--seed", str(self.seeds[0])] if self.single else ["--seeds", ",".join(map(str, self.seeds))]
         return [*train, "--env", self.env, "--algo", self.algo, "--preset", PRESET, "--device", "cpu",
-                "--seeds", ",".join(map(str, self.seeds)), "--run-dir", str(self.run_dir), "--quiet", *sets]
+                *seeds, "--run-dir", str(self.run_dir), "--quiet", *sets]
 
 
 def make_trials(out: Path, algos: list[str], tasks: list[str], with_dacer: bool, tiny: bool,
@@ -95,7 +113,11 @@ def make_trials(out: Path, algos: list[str], tasks: list[str], with_dacer: bool,
         names = list(algos) + (list(DACER_ALGOS) if with_dacer and env.startswith("InvertedDouble") else [])
         for algo in names:
             settings = {**TASKS[env], **(TINY if tiny else {}), **({"total_steps": steps} if steps else {})}
-            trials.append(Trial(env, algo, settings, SEEDS[:2] if tiny else SEEDS, out))
+            seeds = SEEDS[:2] if tiny else SEEDS
+            if algo in SINGLE_SEED_ALGOS:
+                trials += [Trial(env, algo, settings, (s,), out, single=True) for s in seeds]
+            else:
+                trials.append(Trial(env, algo, settings, seeds, out))
     return trials
 
 
@@ -108,7 +130,7 @@ def run_trials(trials: list[Trial], jobs: int) -> int:
     todo = [t for t in trials if t.status() != "done"]
     for t in trials:
         if t not in todo:
-            _say(f"skip {t.env} {t.algo}: done")
+            _say(f"skip {t.name}: done")
     running: list[Trial] = []
     failed = 0
     stopping = False
@@ -131,10 +153,10 @@ def run_trials(trials: list[Trial], jobs: int) -> int:
                     shutil.rmtree(t.run_dir)
                 cmd = t.command()
                 t.run_dir.parent.mkdir(parents=True, exist_ok=True)
-                log = open(t.out / f"{t.env}__{t.algo}.log", "a", encoding="utf-8")
+                log = open(t.log, "a", encoding="utf-8")
                 log.write(f"\n$ {' '.join(cmd)}\n")
                 log.flush()
-                _say(f"start {t.env} {t.algo}: {' '.join(cmd[1:])}")
+                _say(f"start {t.name}: {' '.join(cmd[1:])}")
                 t.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
                 log.close()
                 t.started = time.time()
@@ -147,12 +169,12 @@ def run_trials(trials: list[Trial], jobs: int) -> int:
                 running.remove(t)
                 mins = (time.time() - t.started) / 60
                 if rc == 0 or rc == 3:  # 3 = diverged: a result, recorded in summary.json
-                    _say(f"{'finished' if rc == 0 else 'diverged'} {t.env} {t.algo} ({mins:.1f} min)")
+                    _say(f"{'finished' if rc == 0 else 'diverged'} {t.name} ({mins:.1f} min)")
                 elif rc in (130, 143):
-                    _say(f"stopped {t.env} {t.algo} ({mins:.1f} min); run the same command again to resume it")
+                    _say(f"stopped {t.name} ({mins:.1f} min); run the same command again to resume it")
                 else:
                     failed += 1
-                    _say(f"FAILED {t.env} {t.algo} (exit {rc}); see {t.out / (t.env + '__' + t.algo + '.log')}")
+                    _say(f"FAILED {t.name} (exit {rc}); see {t.log}")
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -161,35 +183,22 @@ def run_trials(trials: list[Trial], jobs: int) -> int:
 
 # ------------------------------------------------------------------------------------------------ re-evaluation
 def reevaluate(seed_dir: Path, particles: int | None, episodes: int | None) -> dict[str, Any]:
-    """The best checkpoint, evaluated through `fastrsm.load_policy`; cached next to it per checkpoint file."""
-    import torch
-
-    from fastrsm import load_policy
-    from fastrsm.config import field_names, make_config
-    from fastrsm.envs import evaluate_episodes, make_vec_env
+    """The best checkpoint evaluated again through `fastrsm.evaluate_policy` (which loads it with
+    `fastrsm.load_policy`); cached next to it, per checkpoint file and N, so a report does not load it again."""
+    from fastrsm import evaluate_policy
     from fastrsm.utils import atomic_write_json
 
-    ckpt = seed_dir / "checkpoints" / "best.pt"
-    policy = load_policy(str(seed_dir), "best", "cpu", particles, seed=12345)
-    key = f"n{policy.particles}"
-    cache = seed_dir / f"reeval_{key}.json"
-    stamp = ckpt.stat().st_mtime_ns
+    saved = json.loads((seed_dir / "config.json").read_text())["config"]
+    n = (particles or saved["particles"]) if saved["algo"] in BEST_OF_N_ALGOS else None
+    cache = seed_dir / f"reeval_n{n}.json"
+    stamp = (seed_dir / "checkpoints" / "best.pt").stat().st_mtime_ns
     if cache.is_file():
         old = json.loads(cache.read_text())
         if old.get("checkpoint_mtime_ns") == stamp and (episodes is None or old.get("episodes") == episodes):
             return old
-    saved = json.loads((seed_dir / "config.json").read_text())["config"]
-    cfg = make_config("paper", {k: v for k, v in saved.items() if k in field_names()})
-    n_ep = episodes or cfg.eval_episodes
-    venv = make_vec_env(cfg.env_id, n_ep, 12345, cfg.env_backend)
-    try:
-        with torch.inference_mode():
-            returns = evaluate_episodes(
-                venv, lambda o: policy.act_unit(torch.as_tensor(o, device=policy.device)).cpu().numpy(), n_ep)
-    finally:
-        venv.close()
-    out = {"particles": policy.particles, "episodes": n_ep, "return_mean": float(np.mean(returns)),
-           "return_std": float(np.std(returns)), "checkpoint_mtime_ns": stamp}
+    r = evaluate_policy(str(seed_dir), "best", episodes, particles, seed=12345, device="cpu")
+    out = {"particles": r["particles"], "episodes": r["episodes"], "return_mean": r["return_mean"],
+           "return_std": r["return_std"], "checkpoint_mtime_ns": stamp}
     atomic_write_json(str(cache), out)
     return out
 
@@ -212,42 +221,51 @@ def report(trials: list[Trial], out: Path, tiny: bool, png: Path) -> str:
             "best ckpt re-eval, best-of-N | best ckpt re-eval, N = 1 | wall time | env-steps/s |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     runs = []
-    for t in trials:
-        if not t.run_dir.exists():
-            rows.append(f"| {t.env} | {t.algo} | – | {t.settings['total_steps']} | not started | | | | | |")
+    groups: dict[tuple[str, str], list[Trial]] = {}
+    for t in trials:  # a --seeds group is one trial; a single-seed algorithm has one trial per seed
+        groups.setdefault((t.env, t.algo), []).append(t)
+    for (env, algo), ts in groups.items():
+        budget = ts[0].settings["total_steps"]
+        if not any(t.run_dir.exists() for t in ts):
+            rows.append(f"| {env} | {algo} | – | {budget} | not started | | | | | |")
             continue
-        done = t.status() == "done"
+        done = all(t.status() == "done" for t in ts)
         best, final, full, alone, steps = [], [], [], [], []
-        for s in t.seeds:
-            d = t.run_dir / f"seed_{s}"
-            r = load_run(d) if (d / "config.json").is_file() else None
-            if r is None:
-                continue
-            runs.append(r)
-            best.append(r.best_return)
-            final.append(float(r.return_mean[-1]))
-            steps.append(int(r.steps[-1]))
-            if done and (d / "checkpoints" / "best.pt").is_file():
-                episodes = TINY_REEVAL_EPISODES if tiny else None
-                full.append(reevaluate(d, None, episodes)["return_mean"])
-                if t.algo != "sac":  # SAC has no particles: its N = 1 is its mean action, the full column
-                    alone.append(reevaluate(d, 1, episodes)["return_mean"])
-        summary = {}
-        if (t.run_dir / "summary.json").is_file():
-            summary = json.loads((t.run_dir / "summary.json").read_text())
-        wall = summary.get("wall_time_s")
-        sps = summary.get("aggregate_steps_per_s")
-        state = summary.get("status", "running") if done else f"at {min(steps, default=0)} steps"
-        rows.append(f"| {t.env} | {t.algo} | {len(best)} | {t.settings['total_steps']} ({state}) | {_fmt(best)} | "
-                    f"{_fmt(final)} | {_fmt(full)} | {_fmt(alone) if t.algo != 'sac' else 'n/a'} | "
-                    f"{_duration(wall)} | {f'{sps:.1f}' if sps else '–'} |")
+        for t in ts:
+            for s in t.seeds:
+                d = t.seed_dir(s)
+                r = load_run(d) if (d / "config.json").is_file() else None
+                if r is None:
+                    continue
+                runs.append(r)
+                best.append(r.best_return)
+                final.append(float(r.return_mean[-1]))
+                steps.append(int(r.steps[-1]))
+                if done and (d / "checkpoints" / "best.pt").is_file():
+                    episodes = TINY_REEVAL_EPISODES if tiny else None
+                    full.append(reevaluate(d, None, episodes)["return_mean"])
+                    if algo in BEST_OF_N_ALGOS:
+                        alone.append(reevaluate(d, 1, episodes)["return_mean"])
+        summaries = [json.loads((t.run_dir / "summary.json").read_text()) for t in ts
+                     if (t.run_dir / "summary.json").is_file()]
+        wall = sum(x.get("wall_time_s") or 0.0 for x in summaries) if done else None
+        if done and ts[0].single:  # separate processes: their env steps over the sum of their wall times
+            sps = sum(x.get("env_steps", 0) for x in summaries) / max(wall or 0.0, 1e-9)
+        else:
+            sps = summaries[0].get("aggregate_steps_per_s") if done and summaries else None
+        state = summaries[0].get("status", "running") if done else f"at {min(steps, default=0)} steps"
+        n1 = _fmt(alone) if algo in BEST_OF_N_ALGOS else ("n/a" if algo == "sac" else "= best-of-N column")
+        rows.append(f"| {env} | {algo} | {len(best)} | {budget} ({state}) | {_fmt(best)} | {_fmt(final)} | "
+                    f"{_fmt(full)} | {n1} | {_duration(wall)} | {f'{sps:.1f}' if sps else '–'} |")
     if runs:
         save_plot(runs, png)
     text = "\n".join(rows) + (
         "\n\nbest eval: per seed the best evaluation average over the run (the paper's statistic), mean ± std over "
         "seeds (ddof 0); final eval: the last evaluation; re-eval: the best checkpoint evaluated again through "
-        "fastrsm.load_policy on the same episodes, with the run's best-of-N and with N = 1 (the diffusion policy "
-        "alone); env-steps/s: all seeds' env steps per wall second of the group process.\n")
+        "fastrsm.evaluate_policy on the same episodes, with the run's best-of-N and with N = 1 (the diffusion policy "
+        "alone; SAC acts with its mean, DACER and DACER2 with one chain sample, so their N = 1 is the best-of-N "
+        "column); wall time: the group process (seeds in one process) or the sum of the per-seed processes "
+        "(DACER, DACER2); env-steps/s: all seeds' env steps per second of that wall time.\n")
     (out / "report.md").write_text(text)
     return text
 

@@ -1,14 +1,15 @@
 """fastrsm: online RL with diffusion policies trained by Reweighted Score Matching (DPMD, SDAC), and SAC.
 
-`fastrsm.load_policy(run_dir)` loads a trained policy to act with (fastrsm/policy.py); it is imported on first
-use, so `import fastrsm` stays light."""
+`fastrsm.load_policy(run_dir)` loads a trained policy to act with (fastrsm/policy.py) and
+`fastrsm.evaluate_policy(run_dir)` evaluates it again by the evaluation protocol (fastrsm/evaluate.py); both are
+imported on first use, so `import fastrsm` stays light."""
 
 from __future__ import annotations
 
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Policy", "load_policy", "__version__"]
+__all__ = ["Policy", "evaluate_policy", "load_policy", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -16,4 +17,8 @@ def __getattr__(name: str) -> Any:
         from . import policy
 
         return getattr(policy, name)
+    if name == "evaluate_policy":
+        from .evaluate import evaluate_policy
+
+        return evaluate_policy
     raise AttributeError(f"module 'fastrsm' has no attribute {name!r}")

@@ -5,7 +5,6 @@ the deterministic policy: best-of-N from the EMA diffusion policy without added 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
@@ -57,30 +56,41 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
-def _evaluate_run(run_dir: str, args) -> dict:
-    """Evaluate one run directory's checkpoint; writes RUN_DIR/reeval.json and prints one line."""
-    args = copy.copy(args)
-    args.run_dir = run_dir
-    policy = load_policy(args.run_dir, args.checkpoint, args.device, args.particles, seed=args.seed)
-    cfg = make_config("paper", {k: v for k, v in read_config(args.run_dir)["config"].items() if k in field_names()})
-    episodes = args.episodes if args.episodes is not None else cfg.eval_episodes
+def evaluate_policy(run_dir: str, checkpoint: str = "best", episodes: int | None = None,
+                    particles: int | None = None, seed: int = 12345, device: str = "cpu") -> dict:
+    """A run's saved policy evaluated again, by the evaluation protocol, through `load_policy`.
+
+    checkpoint: "best", "latest" or a .pt path; episodes: default the run's eval-episodes; particles: best-of-N
+    candidates (default the run's; 1 = the diffusion policy alone; ignored by SAC). Returns the checkpoint's
+    absolute path, episodes, seed, particles (None for SAC), return_mean/std and every episode's return; writes
+    nothing. Bad input raises fastrsm.utils.UsageError."""
+    policy = load_policy(run_dir, checkpoint, device, particles, seed=seed)
+    cfg = make_config("paper", {k: v for k, v in read_config(run_dir)["config"].items() if k in field_names()})
+    episodes = episodes if episodes is not None else cfg.eval_episodes
     if episodes <= 0:
-        raise UsageError(f"--episodes must be positive, got {episodes}")
-    env = make_vec_env(cfg.env_id, episodes, args.seed, cfg.env_backend)
+        raise UsageError(f"episodes must be positive, got {episodes}")
+    env = make_vec_env(cfg.env_id, episodes, seed, cfg.env_backend)
     try:
-        returns = evaluate_episodes(
-            env, lambda obs: policy.act_unit(torch.as_tensor(obs, device=policy.device)).cpu().numpy(), episodes)
+        with torch.inference_mode():
+            returns = evaluate_episodes(
+                env, lambda obs: policy.act_unit(torch.as_tensor(obs, device=policy.device)).cpu().numpy(),
+                episodes)
     finally:
         env.close()
-    path = args.checkpoint
+    path = checkpoint
     if path in ("best", "latest"):
-        path = os.path.join(args.run_dir, "checkpoints", f"{path}.pt")
-    out = {"checkpoint": os.path.abspath(path), "episodes": episodes, "seed": args.seed,
-           "particles": policy.particles, "return_mean": float(np.mean(returns)),
-           "return_std": float(np.std(returns)), "returns": [float(r) for r in returns]}
-    atomic_write_json(os.path.join(args.run_dir, "reeval.json"), out)
-    print(f"{cfg.env_id} {cfg.algo}: return {out['return_mean']:.1f} ± {out['return_std']:.1f} "
-          f"over {episodes} episodes ({path})")
+        path = os.path.join(run_dir, "checkpoints", f"{path}.pt")
+    return {"checkpoint": os.path.abspath(path), "env_id": cfg.env_id, "algo": cfg.algo, "episodes": episodes,
+            "seed": seed, "particles": policy.particles, "return_mean": float(np.mean(returns)),
+            "return_std": float(np.std(returns)), "returns": [float(r) for r in returns]}
+
+
+def _evaluate_run(run_dir: str, args) -> dict:
+    """fastrsm-eval on one run directory: evaluate_policy, then RUN_DIR/reeval.json and one printed line."""
+    out = evaluate_policy(run_dir, args.checkpoint, args.episodes, args.particles, args.seed, args.device)
+    atomic_write_json(os.path.join(run_dir, "reeval.json"), out)
+    print(f"{out['env_id']} {out['algo']}: return {out['return_mean']:.1f} ± {out['return_std']:.1f} "
+          f"over {out['episodes']} episodes ({out['checkpoint']})")
     return out
 
 

@@ -77,6 +77,36 @@ def test_campaign_stops_resumes_and_reports(tmp_path: Path) -> None:
         assert (out / f"{ENV}__dpmd" / f"seed_{s}" / "reeval_n1.json").is_file()
     assert (out / "curves.png").stat().st_size > 1000
 
+    # 5) DACER2 has no multi-seed path: one process per seed, in TASK__dacer2__seedK, reported as one row
+    p = _campaign(out, "--algos", "dacer2")
+    log = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, log[-3000:]
+    for s in (0, 1):
+        assert _eval_steps(out / f"{ENV}__dacer2__seed{s}") == [150, 300]
+    row = next(line for line in (out / "report.md").read_text().splitlines() if f"| {ENV} | dacer2 |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "2" and "finished" in cells[3] and "±" in cells[6], row
+
+
+def test_single_seed_algorithms_get_one_run_per_seed(tmp_path: Path) -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import learning
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    trials = learning.make_trials(tmp_path, ["sac"], [ENV], with_dacer=True, tiny=False)
+    assert [(t.algo, t.seeds) for t in trials] == [
+        ("sac", (0, 1, 2, 3)), *[(a, (s,)) for a in ("dacer", "dacer2") for s in (0, 1, 2, 3)]]
+    sac, dacer_1 = trials[0], trials[2]
+    assert "--seeds" in sac.command() and sac.run_dir.name == f"{ENV}__sac"
+    cmd = dacer_1.command()
+    assert "--seeds" not in cmd and cmd[cmd.index("--seed") + 1] == "1"
+    assert dacer_1.run_dir.name == f"{ENV}__dacer__seed1" and dacer_1.status() == "new"
+    (dacer_1.run_dir / "checkpoints").mkdir(parents=True)
+    assert dacer_1.status() == "broken"
+    (dacer_1.run_dir / "checkpoints" / "latest.pt").write_bytes(b"x")
+    assert dacer_1.status() == "partial" and "--resume" in dacer_1.command()
+
 
 def test_campaign_refuses_unknown_task(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--tasks", "Nope-v0", "--report-only"],

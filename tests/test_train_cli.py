@@ -120,6 +120,15 @@ def test_tiny_run_leaves_complete_run_dir(tmp_path, capsys, algo):
     re = json.loads((run / "reeval.json").read_text())
     assert re["episodes"] == 2 and len(re["returns"]) == 2
     assert eval_main([str(tmp_path / "none")]) == 2
+    # the same through the public API: same episodes and seed, so the same returns; N = 1 for the diffusion agents
+    import fastrsm
+
+    again = fastrsm.evaluate_policy(str(run), episodes=2)
+    assert again["returns"] == pytest.approx(re["returns"]) and again["algo"] == algo
+    alone = fastrsm.evaluate_policy(str(run), episodes=2, particles=1)
+    assert alone["particles"] == (None if algo == "sac" else 1)
+    with pytest.raises(fastrsm.utils.UsageError):
+        fastrsm.evaluate_policy(str(run), episodes=0)
 
 
 def test_disk_full_while_checkpointing_is_one_line_and_resumable(tmp_path, capsys, monkeypatch):
