@@ -11,11 +11,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .kernels.reference import reverse_chain, reverse_step
-from .nets import EpsilonNet, sinusoidal_embedding
+from .nets import EpsilonNet, mish, sinusoidal_embedding
 
 SCHEDULES = ("linear", "cosine", "vp")
 
@@ -159,7 +158,7 @@ def factored_chain(eps_net: nn.Module, sched: Schedule, s: torch.Tensor, x_T: to
         e_i = e[..., i, :].unsqueeze(-2).unsqueeze(-2)  # [(S,) 1, 1, H]
         h = torch.matmul(x, W_aT).reshape(*lead, B, N, -1) + s_proj + e_i
         for lin in hidden:
-            h = lin(F.mish(h))
+            h = lin(mish(h))
         x = reverse_step(sched, i, x, h.reshape(*lead, M, A), noise[i])
     return x.clamp(-1.0, 1.0)
 

@@ -8,6 +8,59 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# --- Mish on a CPU ---------------------------------------------------------------------------------------------
+# ATen's CPU mish (x·tanh(softplus(x))) runs at ~8 ns per element on this project's AVX-512 CPU, because its tanh
+# is slow there (~3.5 ns/element against ~0.9 for exp); it was half of a smoke-size DPMD update (bench/RESULTS.md).
+# tanh(softplus(x)) = n / (n + 2) with n = eˣ(eˣ + 2) needs one exp: 1.3–3.6× faster forward from 8k elements and
+# 1.3–2.8× forward+backward from 16k (one core, interleaved medians, bench/RESULTS.md). Below that one ATen call
+# beats five; on CUDA ATen's single fused kernel wins, and inside torch.compile inductor fuses F.mish itself.
+FAST_MISH_MIN_NUMEL = 16384
+_EXP_CLAMP = 20.0  # eˣ(eˣ+2) stays finite in fp32, and n/(n+2) == 1 there already; the clamp never changes a value
+
+
+def _exp_mish_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    e = x.clamp(max=_EXP_CLAMP).exp_()
+    n = (e + 2.0).mul_(e)
+    return n.div_(n + 2.0), e  # tanh(softplus(x)), eˣ
+
+
+class _ExpMish(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        t, e = _exp_mish_parts(x)
+        ctx.save_for_backward(x, t, e)
+        return t * x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, t, e = ctx.saved_tensors
+        # d/dx x·tanh(sp(x)) = tanh(sp(x)) + x·sech²(sp(x))·σ(x), with σ(x) = eˣ / (eˣ + 1)
+        sig = e / (e + 1.0)  # not in place: a retained graph may run this backward again
+        return (1.0 - t * t).mul_(sig).mul_(x).add_(t).mul_(grad)
+
+
+def exp_mish(x: torch.Tensor) -> torch.Tensor:
+    """Mish through one exp (the formula above), differentiable; equal to F.mish within float rounding."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _ExpMish.apply(x)
+    t, _ = _exp_mish_parts(x)
+    return t.mul_(x)
+
+
+def mish(x: torch.Tensor) -> torch.Tensor:
+    """Mish, by whichever implementation is faster for this tensor (see FAST_MISH_MIN_NUMEL)."""
+    if x.device.type != "cpu" or x.numel() < FAST_MISH_MIN_NUMEL or torch.compiler.is_compiling():
+        return F.mish(x)
+    return exp_mish(x)
+
+
+class Mish(nn.Module):
+    """nn.Mish through `mish` (same parameters: none; same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mish(x)
+
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, seeds: int | None = None) -> nn.Sequential:
     """Mish MLP; with `seeds`, S independent copies as SeedLinear layers (input [S, ..., in_dim])."""
@@ -17,7 +70,7 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, seeds: int | None =
     mods: list[nn.Module] = []
     d = in_dim
     for _ in range(layers):
-        mods += [linear(d, hidden), nn.Mish()]
+        mods += [linear(d, hidden), Mish()]
         d = hidden
     mods.append(linear(d, out_dim))
     return nn.Sequential(*mods)
@@ -121,7 +174,7 @@ class TwinQ(nn.Module):
                  seeds: int | None = None, activation: str = "mish"):
         super().__init__()
         self.ensemble, self.seeds = ensemble, seeds
-        self.act = {"mish": F.mish, "relu": F.relu}[activation]
+        self.act = {"mish": mish, "relu": F.relu}[activation]
         dims = [obs_dim + act_dim] + [hidden] * layers + [self.outputs]
         self.linears = nn.ModuleList(EnsembleLinear(ensemble, a, b, seeds) for a, b in zip(dims[:-1], dims[1:]))
 
