@@ -22,16 +22,11 @@ import torch
 
 from fastrsm.agents import make_agent
 from fastrsm.backend import make_ops, resolve_backend
-from fastrsm.bench import fill_random
+from fastrsm.bench import fill_random, sync
 from fastrsm.config import make_config
-from fastrsm.envs import make_vec_env
+from fastrsm.envs import env_dims
 from fastrsm.replay import ReplayBuffer
 from fastrsm.utils import resolve_device, seed_everything
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    probe = make_vec_env(args.env, 1, 0, "auto")
-    obs_dim, act_dim = probe.obs_dim, probe.act_dim
-    probe.close()
+    obs_dim, act_dim = env_dims(args.env)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     agents, replays, cfgs = {}, {}, {}
     for a in algos:
@@ -74,21 +67,21 @@ def main(argv: list[str] | None = None) -> int:
         if a in ("dacer", "dacer2"):
             t0 = time.perf_counter()
             agents[a].update_step(replays[a].sample(), ("critic", "alpha"))
-            _sync(device)
+            sync(device)
             t_alpha = time.perf_counter() - t0
             t0 = time.perf_counter()
             agents[a].update_step(replays[a].sample(), ("critic",))
-            _sync(device)
+            sync(device)
             rare[a] = (t_alpha - (time.perf_counter() - t0)) * 1e3
     times: dict[str, list[float]] = {a: [] for a in algos}
     for r in range(args.rounds):
         order = algos[r % len(algos):] + algos[:r % len(algos)]
         for a in order:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             for _ in range(args.updates):
                 steady_update(a)
-            _sync(device)
+            sync(device)
             times[a].append((time.perf_counter() - t0) * 1e3 / args.updates)
     base = statistics.median(times[algos[0]])
     rows = []

@@ -39,7 +39,7 @@ from .backend import BackendError, make_ops
 from .cli import OneLineParser, parse_set, run_main
 from .compiled import CompiledAgent
 from .config import Config, make_config
-from .envs import check_env_id, make_vec_env
+from .envs import check_env_id, env_dims, make_vec_env
 from .graphs import GraphedAgent, make_fast_agent
 from .loop import LoopState
 from .replay import ReplayBuffer
@@ -51,7 +51,8 @@ _IMPL = {"torch": ("torch", False), "compile": ("compile", False), "graphs": ("t
          "triton": ("triton", True)}
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on a CPU), so a host timer measures it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -69,7 +70,7 @@ def fill_random(rb: ReplayBuffer, rows: int, seed: int) -> None:
 
 def time_updates(fast: GraphedAgent, rb: ReplayBuffer, n: int, device: torch.device) -> float:
     """Mean milliseconds per update over `n` back-to-back updates (the host runs ahead as in training)."""
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -86,7 +87,7 @@ def time_updates(fast: GraphedAgent, rb: ReplayBuffer, n: int, device: torch.dev
 
 def time_act(fast: GraphedAgent, obs: torch.Tensor, n: int, device: torch.device) -> float:
     """Mean milliseconds per action for `obs`, each copied to the host (a sync, as in the training loop)."""
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(n):
         fast.act(obs, explore=True).cpu()
@@ -116,11 +117,11 @@ def env_loop(cfg: Config, steps: int, seed: int, fast: GraphedAgent | None, rb: 
         for _ in range(warmup_steps):
             step()
         vec_steps = max(1, steps // E)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(vec_steps):
             step()
-        _sync(device)
+        sync(device)
         return vec_steps * E / (time.perf_counter() - t0)
     finally:
         env.close()
@@ -275,9 +276,7 @@ def _main(argv: list[str] | None) -> int:
     cfg, device, backends = _prepare(args)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    probe = make_vec_env(cfg.env_id, 1, args.seed, cfg.env_backend)
-    obs_dim, act_dim = probe.obs_dim, probe.act_dim
-    probe.close()
+    obs_dim, act_dim = env_dims(cfg.env_id, cfg.env_backend, args.seed)
 
     print(f"fastrsm-bench: {cfg.env_id} (S={obs_dim}, A={act_dim}) {cfg.algo}, preset {args.preset}: "
           f"B={cfg.batch_size} N={cfg.particles} T={cfg.diffusion_steps} H={cfg.hidden}x{cfg.layers} "

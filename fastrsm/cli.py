@@ -22,7 +22,7 @@ import torch
 from .agents import AGENTS, check_algo
 from .backend import BackendError, check_chain_options, resolve_backend
 from .config import FIELD_HELP, PRESETS, Config, ConfigError, field_names, load_config_file, make_config
-from .envs import EnvIdError, make_vec_env
+from .envs import EnvIdError, env_dims
 from .runlog import load_checkpoint, read_config
 from .utils import UsageError, resolve_device
 
@@ -251,8 +251,6 @@ def check_run(cfg: Config, seeds: int = 1) -> tuple[int, int]:
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
     check_chain_options(backend, device, cfg.chain_noise, cfg.chain_precision)
-    probe = make_vec_env(cfg.env_id, 1, 0, cfg.env_backend)  # raises EnvIdError on an unknown id or bad spaces
-    obs_dim, act_dim = probe.obs_dim, probe.act_dim
-    probe.close()
+    obs_dim, act_dim = env_dims(cfg.env_id, cfg.env_backend)  # raises EnvIdError on an unknown id or bad spaces
     check_replay_fits(cfg, obs_dim, act_dim, device, seeds)
     return obs_dim, act_dim

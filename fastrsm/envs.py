@@ -312,6 +312,15 @@ def make_vec_env(env_id: str, num_envs: int, seed: int, backend: str = "auto",
         return VecEnv(env, env_id, backend, seed, limit)
 
 
+
+def env_dims(env_id: str, backend: str = "auto", seed: int = 0) -> tuple[int, int]:
+    """(obs_dim, act_dim) of a task, from one env made and closed (raises EnvIdError like make_vec_env)."""
+    probe = make_vec_env(env_id, 1, seed, backend)
+    try:
+        return probe.obs_dim, probe.act_dim
+    finally:
+        probe.close()
+
 def evaluate_episodes(env: VecEnv, policy_fn: Callable[[np.ndarray], np.ndarray], episodes: int) -> np.ndarray:
     """Returns of exactly `episodes` complete episodes, float64 [episodes].
 
