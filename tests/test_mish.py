@@ -60,3 +60,20 @@ def test_mlp_with_fast_mish_keeps_nn_mish_state_dict_and_output():
     (ga,) = torch.autograd.grad(net(x).square().sum(), x)
     (gb,) = torch.autograd.grad(ref(x).square().sum(), x)
     torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_mish_is_the_formula_and_equals_f_mish(monkeypatch):
+    traced = []
+    formula = nets._exp_mish_traceable
+    monkeypatch.setattr(nets, "_exp_mish_traceable", lambda x: traced.append(1) or formula(x))
+    torch._dynamo.reset()
+    x = torch.randn(37, 19) * 6
+    x.view(-1)[:4] = torch.tensor([-100.0, 0.0, 25.0, 90.0])
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya = torch.compile(nets.mish, fullgraph=True, dynamic=False)(a)  # one graph: no break for the dispatch
+    yb = F.mish(b)
+    assert traced, "torch.compile traced F.mish, not the formula"
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
