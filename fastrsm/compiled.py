@@ -28,6 +28,13 @@ class CompiledAgent:
     def __init__(self, agent: Agent, mode: str | None = None):
         self.agent = agent
         self.mode = mode
+        if mode is None and agent.device.type == "cpu":
+            # inductor's C++ wrapper calls the generated kernels from C++ rather than Python: a one-observation
+            # act at smoke sizes runs ~2× faster than with the default Python wrapper (the launches were the
+            # cost there) and compiles sooner (bench/RESULTS.md)
+            self._compile_kwargs: dict[str, Any] = {"options": {"cpp_wrapper": True}}
+        else:
+            self._compile_kwargs = {"mode": mode}
         self._acts: dict[bool, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._updates: dict[Parts, Callable[[Any], Metrics]] = {}
         self.compile_seconds = 0.0
@@ -59,7 +66,7 @@ class CompiledAgent:
             def act_fn(o: torch.Tensor) -> torch.Tensor:
                 return agent.act(o, explore)
 
-            fn = self._acts[explore] = torch.compile(act_fn, mode=self.mode, dynamic=False)
+            fn = self._acts[explore] = torch.compile(act_fn, dynamic=False, **self._compile_kwargs)
         return self._timed(("act", explore, tuple(obs.shape)), fn, obs)
 
     def capture(self, replay: Any, obs: torch.Tensor | None = None) -> None:
@@ -84,7 +91,7 @@ class CompiledAgent:
             def update_fn(batch: Any, parts: Parts = parts) -> Metrics:
                 return agent.update_step(batch, parts)
 
-            fn = self._updates[parts] = torch.compile(update_fn, mode=self.mode, dynamic=False)
+            fn = self._updates[parts] = torch.compile(update_fn, dynamic=False, **self._compile_kwargs)
         return fn
 
     def update(self, replay: Any) -> Metrics:
