@@ -215,10 +215,10 @@ def test_presets_carry_dacer_numbers():
         "dacer", 20, "vp", 20, 0.05, 1e-4, 1e-4, 1e-4, 0.03, 3.0, 30_000)
     c2 = make_config("dacer2")
     assert (c2.algo, c2.diffusion_steps) == ("dacer2", 5)
-    # `small` starts them at DPMD/SDAC's acting noise (α₀ 1 × λ_n 0.1), keeping the VP schedule (and T 5)
+    # `small` keeps their α₀, the VP schedule (and DACER2's T 5)
     for algo, T in (("dacer", 10), ("dacer2", 5)):
         s = make_config("small", {"algo": algo})
-        assert (s.dacer_alpha_init, s.schedule, s.diffusion_steps) == (1.0, "vp", T)
+        assert (s.dacer_alpha_init, s.schedule, s.diffusion_steps) == (3.0, "vp", T)
 
 
 # ---------------------------------------------------------------- the GMM entropy estimate
