@@ -110,6 +110,26 @@ def fastrsm_dpmd(hidden: int, layers: int, T: int, N: int, batch: int, compiled:
     return fns, time.perf_counter() - t0
 
 
+def update_flops(hidden: int, layers: int, T: int, N: int, batch: int) -> float:
+    """The GEMM FLOPs that dominate one DPMD update: the bootstrap's chain over batch·N rows (per row and step the
+    factored first layer W_a·a, layers−1 hidden H×H layers, the output layer) and min(Q1, Q2) of the batch·N
+    candidates (two critics of the same sizes on concat(s, a)). The policy and critic steps on `batch` rows and
+    everything elementwise are left out, so the floor below is a lower bound."""
+    rows, H = batch * N, hidden
+    chain = T * 2 * (ACT_DIM * H + (layers - 1) * H * H + H * ACT_DIM)
+    critics = 2 * 2 * ((OBS_DIM + ACT_DIM) * H + (layers - 1) * H * H + H)
+    return rows * (chain + critics)
+
+
+def gemm_call(hidden: int, N: int, batch: int) -> Callable[[], object]:
+    """One FP32 GEMM of the chain's hidden-layer shape, [batch·N, H] @ [H, H]: this core's rate at that shape."""
+    import torch
+
+    x, w = torch.randn(batch * N, hidden), torch.randn(hidden, hidden)
+    out = torch.empty(batch * N, hidden)
+    return lambda: torch.mm(x, w, out=out)
+
+
 def median_ms(fn: Callable[[], object], reps: int) -> float:
     t0 = time.perf_counter()
     for _ in range(reps):
@@ -132,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{time.strftime('%Y-%m-%d')}", "",
              "| size | call | authors (XLA) ms | fastrsm eager ms | fastrsm compiled ms | eager / authors | "
              "compiled / authors |", "|---|---|---|---|---|---|---|"]
+    floors: list[str] = []
     for size in args.sizes:
         hidden, layers, T, N, batch = SIZES[size]
         theirs = authors_dpmd(args.authors, hidden, layers, T, N, batch)
@@ -143,18 +164,27 @@ def main(argv: list[str] | None = None) -> int:
                 "update": 20 if size == "smoke" else 2}
         times: dict[tuple[str, str], list[float]] = {}
         contestants = [("authors", theirs), ("eager", eager), ("compiled", comp)]
+        gemm = gemm_call(hidden, N, batch)
         for r in range(args.rounds):
             order = contestants[r % 3:] + contestants[: r % 3]
             for call in ("act1", "act5", "update"):
                 for name, fns in order:
                     times.setdefault((name, call), []).append(median_ms(fns[call], reps[call]))
+            times.setdefault(("gemm", ""), []).append(median_ms(gemm, 50))
         for call in ("act1", "act5", "update"):
             a, e, c = (statistics.median(times[(n, call)]) for n in ("authors", "eager", "compiled"))
             label = {"act1": "act, 1 obs", "act5": "act, 5 obs", "update": f"DPMD update, batch {batch}"}[call]
             lines.append(f"| {size} ({hidden}×{layers}, T {T}, N {N}) | {label} | {a:.3f} | {e:.3f} | {c:.3f} | "
                          f"{e / a:.2f} | {c / a:.2f} |")
         lines.append(f"| {size} | fastrsm compile start-up | | | {compile_s:.1f} s | | |")
-    text = "\n".join(lines) + "\n"
+        rate = 2 * batch * N * hidden * hidden / (statistics.median(times[("gemm", "")]) * 1e-3)  # FLOP/s
+        floor = update_flops(hidden, layers, T, N, batch) / rate * 1e3
+        a, e, c = (statistics.median(times[(n, "update")]) for n in ("authors", "eager", "compiled"))
+        floors.append(f"- {size}: one core's FP32 GEMM rate at [{batch * N}, {hidden}] @ [{hidden}, {hidden}] "
+                      f"{rate / 1e9:.1f} GFLOP/s (interleaved with the rounds); the update's chain + candidate "
+                      f"scoring {update_flops(hidden, layers, T, N, batch) / 1e9:.2f} GFLOP → floor {floor:.2f} ms; "
+                      f"update / floor: authors {a / floor:.2f}, eager {e / floor:.2f}, compiled {c / floor:.2f}")
+    text = "\n".join(lines + [""] + floors) + "\n"
     print(text)
     if args.out:
         with open(args.out, "a", encoding="utf-8") as f:

@@ -145,7 +145,7 @@ def load_policy(run_dir: str, checkpoint: str = "best", device: str = "cpu", par
     n = cfg.particles if hasattr(agent, "policy_ema") else None
     if make_ops(cfg.backend, dev).backend == "compile":
         # the whole act (chain, Q scoring, argmax) as one compiled function, built on the first call of each
-        # batch shape: tens of seconds once, then ~2.3x the eager act on a CPU (bench/RESULTS.md)
+        # batch shape: 10-20 s once, then ~4.5x the eager act at smoke sizes on a CPU (bench/RESULTS.md)
         agent = CompiledAgent(agent)
     return Policy(agent, env["action_low"], env["action_high"], cfg.env_id, cfg.algo, n, seed)
 
