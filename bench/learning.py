@@ -214,6 +214,31 @@ def _fmt(xs: list[float]) -> str:
     return f"{np.mean(xs):.0f} ± {np.std(xs):.0f}" if xs else "–"
 
 
+def per_seed_tables(runs: list[Any]) -> str:
+    """Per task: every seed's evaluation at every evaluation step (one row per algorithm and seed), then the
+    mean ± std over seeds at each step, for the steps every seed of that algorithm has reached."""
+    out = []
+    for env in dict.fromkeys(r.env_id for r in runs):
+        rs = [r for r in runs if r.env_id == env]
+        steps = sorted({int(x) for r in rs for x in r.steps})
+        head = " | ".join(f"{x / 1000:g}k" for x in steps)
+        lines = [f"**{env}**, evaluation return per seed:", "",
+                 f"| algo | seed | {head} |", "|---|---|" + "---:|" * len(steps)]
+        means = []
+        for algo in dict.fromkeys(r.algo for r in rs):
+            group = [r for r in rs if r.algo == algo]
+            for r in sorted(group, key=lambda r: r.seed if r.seed is not None else -1):
+                at = {int(x): v for x, v in zip(r.steps, r.return_mean)}
+                lines.append(f"| {algo} | {r.seed} | " + " | ".join(f"{at[x]:.0f}" if x in at else ""
+                                                                      for x in steps) + " |")
+            common = [x for x in steps if all(x in set(int(y) for y in r.steps) for r in group)]
+            cells = [f"{x / 1000:g}k {_fmt([float(r.return_mean[list(r.steps).index(x)]) for r in group])}"
+                     for x in common]
+            means.append(f"- {algo} mean ± std over {len(group)} seeds: " + ", ".join(cells))
+        out.append("\n".join(lines + [""] + means))
+    return "\n\n".join(out)
+
+
 def report(trials: list[Trial], out: Path, tiny: bool, png: Path) -> str:
     from fastrsm.plot import load_run, save_plot
 
@@ -266,6 +291,8 @@ def report(trials: list[Trial], out: Path, tiny: bool, png: Path) -> str:
         "alone; SAC acts with its mean, DACER and DACER2 with one chain sample, so their N = 1 is the best-of-N "
         "column); wall time: the group process (seeds in one process) or the sum of the per-seed processes "
         "(DACER, DACER2); env-steps/s: all seeds' env steps per second of that wall time.\n")
+    if runs:
+        text += "\n" + per_seed_tables(runs) + "\n"
     (out / "report.md").write_text(text)
     return text
 
