@@ -18,7 +18,7 @@ from fastrsm.kernels.reference import reverse_chain
 from torch.profiler import ProfilerActivity, profile
 
 from fastrsm.agents import make_agent
-from fastrsm.backend import Ops, _sampler, make_ops
+from fastrsm.backend import Ops, make_ops, torch_ops_with_chain
 from fastrsm.bench import fill_random
 from fastrsm.compiled import CompiledAgent
 from fastrsm.config import make_config
@@ -30,14 +30,7 @@ OBS, ACT = 11, 3
 
 def reference_ops(device: torch.device) -> Ops:
     """The torch backend as it was before the factored chain: the reference chain."""
-    ops = make_ops("torch", device)
-
-    def chain(eps_net, sched, s, x_T, noise=None):
-        if noise is None:
-            noise = torch.randn(sched.T, *x_T.shape, device=x_T.device, dtype=x_T.dtype)
-        return reverse_chain(eps_net, sched, s, x_T, noise)
-
-    return Ops("torch", chain, _sampler(chain), ops.sm_loss, ops.best_of_n)
+    return torch_ops_with_chain(reverse_chain, device)
 
 
 def table(prof, calls: int, top: int) -> str:

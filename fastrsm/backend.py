@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -141,6 +141,25 @@ def _sampler(chain: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     return sample
 
 
+def fresh_noise_chain(run_chain: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Ops.chain on top of `run_chain(eps_net, sched, s, x_T, noise)`: every backend draws fresh noise when none
+    is given."""
+
+    def chain(eps_net, sched, s, x_T, noise=None):
+        if noise is None:
+            noise = torch.randn(sched.T, *x_T.shape, device=x_T.device, dtype=x_T.dtype)
+        return run_chain(eps_net, sched, s, x_T, noise)
+
+    return chain
+
+
+def torch_ops_with_chain(run_chain: Callable[..., torch.Tensor], device: torch.device | str) -> Ops:
+    """The torch backend with another PyTorch chain (e.g. the unfactored `reverse_chain`, for a before/after
+    comparison): same loss and selection, `run_chain` for the reverse process."""
+    chain = fresh_noise_chain(run_chain)
+    return replace(make_ops("torch", device), chain=chain, sample=_sampler(chain))
+
+
 def make_ops(backend: str, device: torch.device | str, chain_precision: str = "fp32",
              chain_noise: str = "torch") -> Ops:
     """The Ops of `backend` ('auto' resolved for `device`); see the module docstring for the chain settings."""
@@ -149,13 +168,7 @@ def make_ops(backend: str, device: torch.device | str, chain_precision: str = "f
     if name in ("torch", "compile"):
         # the factored chain: the reference's arithmetic with the step-invariant work hoisted (fewer ops and
         # FLOPs per step; held to reverse_chain by tests/test_factored_chain.py)
-        run_chain = torch.compile(factored_chain) if name == "compile" else factored_chain
-
-        def chain(eps_net, sched, s, x_T, noise=None):
-            if noise is None:  # every backend draws fresh noise when none is given
-                noise = torch.randn(sched.T, *x_T.shape, device=x_T.device, dtype=x_T.dtype)
-            return run_chain(eps_net, sched, s, x_T, noise)
-
+        chain = fresh_noise_chain(torch.compile(factored_chain) if name == "compile" else factored_chain)
         if name == "torch":
             return Ops(name, chain, _sampler(chain), weighted_sm_loss, best_of_n_reference)
         return Ops(name, chain, _sampler(chain), torch.compile(weighted_sm_loss), torch.compile(best_of_n_reference))
