@@ -308,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="a few hundred steps, 2 seeds: the end-to-end check")
     p.add_argument("--png", default=None, help="curves PNG (default: OUT/curves.png)")
     p.add_argument("--steps", type=int, default=None, help="env steps of every task (default: each task's budget)")
+    p.add_argument("--doc", default=None, metavar="FILE",
+                   help="also put the report into FILE between its '<!-- report -->' and '<!-- end report -->' lines")
     args = p.parse_args(argv)
     tasks = [x.strip() for x in args.tasks.split(",") if x.strip()]
     algos = [x.strip() for x in args.algos.split(",") if x.strip()]
@@ -320,8 +322,23 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     trials = make_trials(out, algos, tasks, args.with_dacer, args.tiny, args.steps)
     failed = 0 if args.report_only else run_trials(trials, args.jobs)
-    print(report(trials, out, args.tiny, Path(args.png) if args.png else out / "curves.png"))
+    text = report(trials, out, args.tiny, Path(args.png) if args.png else out / "curves.png")
+    print(text)
+    if args.doc:
+        put_in_doc(Path(args.doc), text)
     return 1 if failed else 0
+
+
+def put_in_doc(doc: Path, text: str) -> None:
+    """Replace what stands between the doc's report markers with `text` (atomically: a temp file renamed)."""
+    begin, end = "<!-- report -->", "<!-- end report -->"
+    old = doc.read_text(encoding="utf-8")
+    if old.count(begin) != 1 or old.count(end) != 1 or old.index(begin) > old.index(end):
+        raise SystemExit(f"learning.py: {doc} needs one '{begin}' line and one '{end}' line after it")
+    new = old[:old.index(begin) + len(begin)] + "\n" + text.strip() + "\n" + old[old.index(end):]
+    tmp = doc.with_name(doc.name + ".tmp")
+    tmp.write_text(new, encoding="utf-8")
+    os.replace(tmp, doc)
 
 
 if __name__ == "__main__":

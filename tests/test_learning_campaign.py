@@ -111,6 +111,22 @@ def test_single_seed_algorithms_get_one_run_per_seed(tmp_path: Path) -> None:
     assert dacer_1.status() == "partial" and "--resume" in dacer_1.command()
 
 
+def test_report_goes_between_the_doc_markers(tmp_path: Path) -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import learning
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- report -->\nold table\n<!-- end report -->\noutro\n")
+    learning.put_in_doc(doc, "| new | table |\n")
+    assert doc.read_text() == "intro\n<!-- report -->\n| new | table |\n<!-- end report -->\noutro\n"
+    doc.write_text("no markers\n")
+    with pytest.raises(SystemExit):
+        learning.put_in_doc(doc, "x")
+    assert doc.read_text() == "no markers\n"
+
+
 def test_campaign_refuses_unknown_task(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--tasks", "Nope-v0", "--report-only"],
                        capture_output=True, text=True, cwd=ROOT)
