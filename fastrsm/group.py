@@ -40,7 +40,6 @@ from .backend import make_ops, resolve_backend
 from .cli import EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_SIGINT, EXIT_SIGTERM
 from .config import Config
 from .envs import StepResult, VecEnv, evaluate_episodes, make_vec_env
-from .graphs import make_fast_agent
 from .loop import LoopState, StopSignals, env_seed, eval_seed
 from .runlog import RunLog, load_checkpoint
 from .seeds import SeedReplay, load_seeds, seed_checkpoint
@@ -142,7 +141,9 @@ def train_group(cfg: Config, seeds: list[int], group_dir: str, resume: bool = Fa
     device = resolve_device(cfg.device)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    backend = resolve_backend(cfg.backend, device)
+    # auto: on a CPU, compile a long run's act and update (the seed-stacked DPMD update of `small` at S = 4 ran
+    # 1.9x faster compiled; bench/RESULTS.md), as a single run does
+    backend = resolve_backend(cfg.backend, device, updates=int(cfg.total_steps * cfg.utd))
     ops = make_ops(backend, device, cfg.chain_precision, cfg.chain_noise)
 
     def make_envs(segment: int) -> SeedEnvs:
@@ -200,8 +201,8 @@ def train_group(cfg: Config, seeds: list[int], group_dir: str, resume: bool = Fa
         envs = make_envs(st.segment)
         return envs.reset()
 
-    fast = SeedActor(make_fast_agent(agent, cfg.num_envs, enabled=cfg.cuda_graphs and backend != "compile"),
-                     S, frozen)
+    fast = SeedActor(loop.training_agent(agent, cfg, backend), S, frozen)  # compiled, CUDA-graphed or eager
+    compile_said = False
     obs = envs.reset()
     metrics: dict[str, torch.Tensor] = {}
     ep_returns: list[list[float]] = [[] for _ in seeds]
@@ -250,6 +251,10 @@ def train_group(cfg: Config, seeds: list[int], group_dir: str, resume: bool = Fa
                         row.update({k: float(v.reshape(S, -1)[i, 0]) for k, v in host.items()})
                         logs[i].log_train(row)
                         ep_returns[i].clear()
+                    if getattr(fast, "compile_seconds", 0.0) > 0 and not compile_said:
+                        compile_said = True
+                        print(f"fastrsm-train: torch.compile took {fast.compile_seconds:.1f}s at start-up (act and "
+                              "update compiled once; inductor's cache makes a resume faster)", file=sys.stderr)
                 boundary = st.env_steps >= (st.evals_done + 1) * cfg.eval_every or st.env_steps >= cfg.total_steps
                 if boundary:
                     if metrics:
@@ -303,7 +308,8 @@ def train_group(cfg: Config, seeds: list[int], group_dir: str, resume: bool = Fa
                     summaries.append({"seed": seeds[i], "status": seed_status, "best_return": None})
                 logs[i].close()
             envs.close()
-            _write_group_summary(group_dir, cfg, seeds, summaries, status, wall, st.env_steps)
+            _write_group_summary(group_dir, cfg, seeds, summaries, status, wall, st.env_steps,
+                                 {"backend": backend, "compile_seconds": getattr(fast, "compile_seconds", None)})
     if message:
         print(f"fastrsm-train: {message}", file=sys.stderr)
     print(f"fastrsm-train: {status}: seeds {seeds}, {st.env_steps} env steps each in {wall:.1f}s; "
@@ -312,7 +318,7 @@ def train_group(cfg: Config, seeds: list[int], group_dir: str, resume: bool = Fa
 
 
 def _write_group_summary(group_dir: str, cfg: Config, seeds: list[int], summaries: list[dict], status: str,
-                         wall: float, env_steps: int) -> None:
+                         wall: float, env_steps: int, extra: dict[str, Any] | None = None) -> None:
     bests = [s["best_return"] for s in summaries if s.get("best_return") is not None]
     out: dict[str, Any] = {
         "env_id": cfg.env_id, "algo": cfg.algo, "seeds": seeds, "status": status, "env_steps_per_seed": env_steps,
@@ -321,6 +327,7 @@ def _write_group_summary(group_dir: str, cfg: Config, seeds: list[int], summarie
         "best_return_std": float(np.std(bests)) if bests else None,  # ddof 0, as fastrsm-plot's table
         "runs": [{"seed": sd, "dir": f"seed_{sd}", "status": s.get("status"), "best_return": s.get("best_return"),
                   "final_return": s.get("final_return")} for sd, s in zip(seeds, summaries)],
+        **(extra or {}),
     }
     try:
         atomic_write_json(os.path.join(group_dir, "summary.json"), out)

@@ -17,43 +17,49 @@ pytestmark = pytest.mark.skipif(not compiler_available(), reason="torch.compile 
 S, A = 5, 2
 
 
-def build(algo: str):
+def build(algo: str, seeds: int | None = None):
     from fastrsm.backend import make_ops
 
     cfg = make_config("smoke", {"algo": algo, "device": "cpu", "hidden": 16, "particles": 4, "diffusion_steps": 3,
                                 "reverse_samples": 4, "batch_size": 16, "policy_delay": 1, "alpha_every": 1,
                                 "lr_decay_start": 0, "lr_decay_end": 3})
     torch.manual_seed(0)
-    return make_agent(algo, S, A, cfg, torch.device("cpu"), make_ops("compile", "cpu"))
+    return make_agent(algo, S, A, cfg, torch.device("cpu"), make_ops("compile", "cpu"), seeds=seeds)
 
 
-@pytest.mark.parametrize("algo", ["dpmd", "sac", "dacer2"])  # dacer2: the chain backward and the GMM α step
-def test_compiled_act_and_update_equal_eager(algo):
+# dacer2: the chain backward and the GMM α step; seeds: the seed-stacked agent a --seeds group compiles
+@pytest.mark.parametrize("algo,seeds", [("dpmd", None), ("sac", None), ("dacer2", None), ("dpmd", 2)])
+def test_compiled_act_and_update_equal_eager(algo, seeds):
     import torch._inductor.config as inductor
 
     with inductor.patch(fallback_random=True):  # the same random stream as eager
-        _compare(algo)
+        _compare(algo, seeds)
 
 
-def _compare(algo: str) -> None:
+def _compare(algo: str, seeds: int | None) -> None:
+    from fastrsm.seeds import SeedReplay
+
     rng = np.random.default_rng(0)
-    rb = ReplayBuffer(128, S, A, "cpu", 16)
-    rb.add(rng.standard_normal((64, S)), rng.uniform(-1, 1, (64, A)), rng.standard_normal(64),
-           rng.standard_normal((64, S)), rng.random(64) < 0.1)
-    eager, compiled = build(algo), CompiledAgent(build(algo))
+    lead = () if seeds is None else (seeds,)
+    rb = ReplayBuffer(128, S, A, "cpu", 16) if seeds is None else SeedReplay(seeds, 128, S, A, "cpu", 16)
+    rb.add(rng.standard_normal((*lead, 64, S)), rng.uniform(-1, 1, (*lead, 64, A)), rng.standard_normal((*lead, 64)),
+           rng.standard_normal((*lead, 64, S)), rng.random((*lead, 64)) < 0.1)
+    eager, compiled = build(algo, seeds), CompiledAgent(build(algo, seeds))
     assert compiled.compiled and isinstance(compiled.opt_q.param_groups[0]["lr"], torch.Tensor)
     out = []
     for agent in (eager, compiled):
         torch.manual_seed(1)
-        out.append([{k: float(v) for k, v in agent.update(rb).items()} if agent is compiled else
-                    {k: float(v) for k, v in agent.update(rb.sample()).items()} for _ in range(4)])
+        raw = [agent.update(rb) if agent is compiled else agent.update(rb.sample()) for _ in range(4)]
+        # every metric, per seed where it has a seed axis
+        out.append([{f"{k}{i}": float(x) for k, v in m.items() for i, x in enumerate(v.detach().reshape(-1))}
+                    for m in raw])
     for me, mc in zip(*out):
         assert me.keys() == mc.keys()
         np.testing.assert_allclose([mc[k] for k in me], [me[k] for k in me], rtol=2e-4, atol=1e-5)
     for pe, pc in zip(eager.parameters(), compiled.agent.parameters()):
         torch.testing.assert_close(pc, pe, rtol=1e-4, atol=1e-5)
     assert compiled.updates == 4 and compiled.compile_seconds > 0
-    obs = torch.randn(3, S)
+    obs = torch.randn(*lead, 3, S)
     torch.manual_seed(2)
     a_e = eager.act(obs, explore=False)
     torch.manual_seed(2)

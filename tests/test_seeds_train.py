@@ -30,6 +30,21 @@ def _summary(path):
     return json.loads((path / "summary.json").read_text())
 
 
+@pytest.mark.slow  # compiles (about a minute on a 2-core CPU)
+def test_group_runs_compiled_and_reports_it(tmp_path, capsys):
+    from fastrsm.backend import compiler_available
+
+    if not compiler_available():
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    g = tmp_path / "g"
+    assert main([*TINY, "--total-steps", "150", "--warmup-steps", "100", "--log-every", "50", "--seeds", "0,1",
+                 "--backend", "compile", "--run-dir", str(g)]) == 0
+    s = _summary(g)
+    assert s["status"] == "finished" and s["backend"] == "compile" and s["compile_seconds"] > 0
+    assert "torch.compile took" in capsys.readouterr().err
+    assert all(len((g / f"seed_{k}" / "eval.csv").read_text().splitlines()) == 2 for k in (0, 1))
+
+
 def test_group_run_writes_one_ordinary_run_dir_per_seed(tmp_path, capsys):
     g = tmp_path / "g"
     assert main([*TINY, "--total-steps", "300", "--seeds", "3,5", "--run-dir", str(g)]) == 0
