@@ -226,14 +226,13 @@ def per_seed_tables(runs: list[Any]) -> str:
                  f"| algo | seed | {head} |", "|---|---|" + "---:|" * len(steps)]
         means = []
         for algo in dict.fromkeys(r.algo for r in rs):
-            group = [r for r in rs if r.algo == algo]
-            for r in sorted(group, key=lambda r: r.seed if r.seed is not None else -1):
-                at = {int(x): v for x, v in zip(r.steps, r.return_mean)}
-                lines.append(f"| {algo} | {r.seed} | " + " | ".join(f"{at[x]:.0f}" if x in at else ""
+            group = sorted((r for r in rs if r.algo == algo), key=lambda r: r.seed if r.seed is not None else -1)
+            at = [{int(x): float(v) for x, v in zip(r.steps, r.return_mean)} for r in group]  # step -> return
+            for r, ret in zip(group, at):
+                lines.append(f"| {algo} | {r.seed} | " + " | ".join(f"{ret[x]:.0f}" if x in ret else ""
                                                                       for x in steps) + " |")
-            common = [x for x in steps if all(x in set(int(y) for y in r.steps) for r in group)]
-            cells = [f"{x / 1000:g}k {_fmt([float(r.return_mean[list(r.steps).index(x)]) for r in group])}"
-                     for x in common]
+            common = [x for x in steps if all(x in ret for ret in at)]
+            cells = [f"{x / 1000:g}k {_fmt([ret[x] for ret in at])}" for x in common]
             means.append(f"- {algo} mean ± std over {len(group)} seeds: " + ", ".join(cells))
         out.append("\n".join(lines + [""] + means))
     return "\n\n".join(out)
@@ -330,15 +329,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def put_in_doc(doc: Path, text: str) -> None:
-    """Replace what stands between the doc's report markers with `text` (atomically: a temp file renamed)."""
+    """Replace what stands between the doc's report markers with `text`, written atomically."""
     begin, end = "<!-- report -->", "<!-- end report -->"
     old = doc.read_text(encoding="utf-8")
     if old.count(begin) != 1 or old.count(end) != 1 or old.index(begin) > old.index(end):
         raise SystemExit(f"learning.py: {doc} needs one '{begin}' line and one '{end}' line after it")
-    new = old[:old.index(begin) + len(begin)] + "\n" + text.strip() + "\n" + old[old.index(end):]
-    tmp = doc.with_name(doc.name + ".tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, doc)
+    from fastrsm.utils import atomic_write_text
+
+    atomic_write_text(str(doc), old[:old.index(begin) + len(begin)] + "\n" + text.strip() + "\n" + old[old.index(end):])
 
 
 if __name__ == "__main__":

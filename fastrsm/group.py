@@ -251,10 +251,7 @@ def train_group(cfg: Config, seeds: list[int], group_dir: str, resume: bool = Fa
                         row.update({k: float(v.reshape(S, -1)[i, 0]) for k, v in host.items()})
                         logs[i].log_train(row)
                         ep_returns[i].clear()
-                    if getattr(fast, "compile_seconds", 0.0) > 0 and not compile_said:
-                        compile_said = True
-                        print(f"fastrsm-train: torch.compile took {fast.compile_seconds:.1f}s at start-up (act and "
-                              "update compiled once; inductor's cache makes a resume faster)", file=sys.stderr)
+                    compile_said = loop.announce_compile(fast, compile_said)
                 boundary = st.env_steps >= (st.evals_done + 1) * cfg.eval_every or st.env_steps >= cfg.total_steps
                 if boundary:
                     if metrics:

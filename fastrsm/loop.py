@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,16 @@ class LoopState:
     evals_done: int = 0
     best_return: float = -math.inf
     wall_time: float = 0.0
+
+
+def announce_compile(fast: Any, said: bool) -> bool:
+    """Print the torch.compile start-up once it is known (a compiled agent's `compile_seconds`); returns whether
+    it has been said, for the caller to pass back next time."""
+    if said or not getattr(fast, "compile_seconds", 0.0) > 0:
+        return said
+    print(f"fastrsm-train: torch.compile took {fast.compile_seconds:.1f}s at start-up (act and update compiled once; "
+          "inductor's cache makes a resume faster)", file=sys.stderr)
+    return True
 
 
 def training_agent(agent: Any, cfg: Config, backend: str) -> Any:

@@ -154,10 +154,7 @@ def train(cfg: Config, run_dir: str, resume: bool = False, argv: list[str] | Non
                     ep_returns.clear()
                     log.log_train(row)
                     postfix.update(alpha=f"{row['alpha']:.3g}", sps=f"{sps:.0f}")
-                    if getattr(fast, "compile_seconds", 0.0) > 0 and not compile_said:
-                        compile_said = True
-                        print(f"fastrsm-train: torch.compile took {fast.compile_seconds:.1f}s at start-up (act and "
-                              "update compiled once; inductor's cache makes a resume faster)", file=sys.stderr)
+                    compile_said = loop.announce_compile(fast, compile_said)
                     bar.set_postfix(postfix, refresh=False)
 
                 # -- evaluate + checkpoint at boundaries
