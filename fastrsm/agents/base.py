@@ -75,6 +75,34 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
             g["lr"] = lr
 
 
+# How an optimiser was built for its backend (make_adam), not what it learned: a checkpoint must not carry these
+# from the backend that wrote it to the one that resumes it.
+_BUILD_KEYS = ("capturable", "fused", "foreach", "differentiable")
+
+
+def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
+    """Optimizer.load_state_dict that keeps how `opt` was built. A plain load takes the saved groups whole, so a
+    run begun eager and resumed compiled got back a float lr and an unfused Adam: every lr-schedule change then
+    recompiled the step until dynamo's recompile limit sent it back to eager (and on CUDA a non-capturable Adam
+    would break graph capture). The saved lr's value is kept, in the form (float, or tensor on its device) that
+    `opt` was built with; the build flags are `opt`'s own, set before loading so the `step` counters land where
+    they must (on the parameters' device when fused or capturable)."""
+    saved = state.get("param_groups")
+    if not isinstance(saved, list) or len(saved) != len(opt.param_groups):
+        opt.load_state_dict(state)  # let torch's own check report the mismatch
+        return
+    groups = []
+    for cur, old in zip(opt.param_groups, saved):
+        g = dict(old)
+        for k in _BUILD_KEYS:
+            if k in cur:
+                g[k] = cur[k]
+        lr = float(old["lr"])
+        g["lr"] = torch.tensor(lr, device=cur["lr"].device) if torch.is_tensor(cur["lr"]) else lr
+        groups.append(g)
+    opt.load_state_dict({**state, "param_groups": groups})
+
+
 def linear_decay(step: int, start: int, end: int, v0: float, v1: float) -> float:
     if step <= start:
         return v0
@@ -248,7 +276,7 @@ class Agent(nn.Module):
         if weights_only:
             return
         for k, o in self.optimizers().items():
-            o.load_state_dict(ckpt["optimizers"][k])
+            load_optimizer(o, ckpt["optimizers"][k])
         self.updates, self.policy_updates = ckpt["updates"], ckpt["policy_updates"]
         self.load_extra_state(ckpt["extra"])
 
