@@ -4,6 +4,8 @@
     python bench/learning.py                      # run (or continue) the whole campaign, then write the report
     python bench/learning.py --report-only        # the report from whatever has run so far
     python bench/learning.py --tiny --out /tmp/x  # a few hundred steps of everything, end to end (the test)
+    python bench/learning.py --algos dpmd --tasks Hopper-v4 --seeds 0,1 --steps 60000 \
+        --set explore_std=0.25 --out runs/hopper-bisect/noise0.25   # a variant: its own folder, same machinery
 
 Each (task, algo) is one `fastrsm-train --seeds 0,1,2,3` process (the seeds share one process); DACER and
 DACER2, which have no multi-seed path, run one `fastrsm-train --seed K` process per seed (run dir
@@ -107,13 +109,15 @@ class Trial:
 
 
 def make_trials(out: Path, algos: list[str], tasks: list[str], with_dacer: bool, tiny: bool,
-                steps: int | None = None) -> list[Trial]:
+                steps: int | None = None, seeds: tuple[int, ...] | None = None,
+                overrides: dict[str, str] | None = None) -> list[Trial]:
     trials = []
+    seeds = seeds or (SEEDS[:2] if tiny else SEEDS)
     for env in tasks:
         names = list(algos) + (list(DACER_ALGOS) if with_dacer and env.startswith("InvertedDouble") else [])
         for algo in names:
-            settings = {**TASKS[env], **(TINY if tiny else {}), **({"total_steps": steps} if steps else {})}
-            seeds = SEEDS[:2] if tiny else SEEDS
+            settings = {**TASKS[env], **(TINY if tiny else {}), **({"total_steps": steps} if steps else {}),
+                        **(overrides or {})}
             if algo in SINGLE_SEED_ALGOS:
                 trials += [Trial(env, algo, settings, (s,), out, single=True) for s in seeds]
             else:
@@ -307,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="a few hundred steps, 2 seeds: the end-to-end check")
     p.add_argument("--png", default=None, help="curves PNG (default: OUT/curves.png)")
     p.add_argument("--steps", type=int, default=None, help="env steps of every task (default: each task's budget)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2,3; --tiny: 0,1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for every run on top of the preset (a variant campaign: give it its own --out)")
     p.add_argument("--doc", default=None, metavar="FILE",
                    help="also put the report into FILE between its '<!-- report -->' and '<!-- end report -->' lines")
     args = p.parse_args(argv)
@@ -317,15 +324,61 @@ def main(argv: list[str] | None = None) -> int:
         print(f"learning.py: tasks must be among {', '.join(TASKS)}, algos non-empty and --jobs >= 1",
               file=sys.stderr)
         return 2
+    try:
+        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip()) if args.seeds else None
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        print(f"learning.py: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    trials = make_trials(out, algos, tasks, args.with_dacer, args.tiny, args.steps)
+    if not args.report_only and not same_campaign(out, overrides):
+        return 2
+    trials = make_trials(out, algos, tasks, args.with_dacer, args.tiny, args.steps, seeds, overrides)
     failed = 0 if args.report_only else run_trials(trials, args.jobs)
     text = report(trials, out, args.tiny, Path(args.png) if args.png else out / "curves.png")
     print(text)
     if args.doc:
         put_in_doc(Path(args.doc), text)
     return 1 if failed else 0
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """`--set KEY=VALUE` items, each KEY a fastrsm setting and VALUE one it accepts (checked here, before any
+    trainer starts, rather than by every trainer on its own)."""
+    from fastrsm.config import ConfigError, field_names, make_config
+
+    out: dict[str, str] = {}
+    for kv in items:
+        key, eq, value = kv.partition("=")
+        if not eq or key.strip() not in field_names():
+            raise ValueError(f"--set expects KEY=VALUE with KEY a setting of fastrsm/config.py, got {kv!r}")
+        out[key.strip()] = value.strip()
+    try:
+        make_config(PRESET, dict(out))
+    except ConfigError as e:
+        raise ValueError(f"--set: {e}") from None
+    return out
+
+
+def same_campaign(out: Path, overrides: dict[str, str]) -> bool:
+    """A campaign folder holds runs of one set of `--set` settings (OUT/campaign.json): an unfinished run resumes
+    with the settings it began with, so starting it again with others would mix two campaigns in one table."""
+    path = out / "campaign.json"
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text()).get("set", {})
+        except (OSError, json.JSONDecodeError, AttributeError):
+            before = None
+        if before != overrides:
+            print(f"learning.py: {out} was started with --set {before}, not {overrides}: use another --out",
+                  file=sys.stderr)
+            return False
+        return True
+    from fastrsm.utils import atomic_write_text
+
+    atomic_write_text(str(path), json.dumps({"preset": PRESET, "set": overrides}, indent=1) + "\n")
+    return True
 
 
 def put_in_doc(doc: Path, text: str) -> None:

@@ -131,3 +131,28 @@ def test_campaign_refuses_unknown_task(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--tasks", "Nope-v0", "--report-only"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "tasks must be among" in r.stderr
+
+
+def test_variant_campaign_passes_its_settings_and_keeps_to_them(tmp_path: Path) -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import learning
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    over = learning.parse_overrides(["explore_std=0.25", "learn_alpha=false"])
+    trials = learning.make_trials(tmp_path, ["dpmd"], ["Hopper-v4"], False, False, 40_000, (0, 1), over)
+    cmd = trials[0].command()
+    assert trials[0].seeds == (0, 1) and cmd[cmd.index("--seeds") + 1] == "0,1"
+    assert {"explore_std=0.25", "learn_alpha=false", "total_steps=40000"} <= set(cmd)
+    for bad in (["explore_std"], ["no_such_setting=1"], ["explore_std=-1"]):
+        with pytest.raises(ValueError):
+            learning.parse_overrides(bad)
+    # a campaign folder keeps the settings it began with: another --set there is refused
+    assert learning.same_campaign(tmp_path, over) and learning.same_campaign(tmp_path, over)
+    assert not learning.same_campaign(tmp_path, {})
+    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--tasks", ENV, "--algos", "sac",
+                        "--set", "tau=0.01"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "use another --out" in r.stderr and not (tmp_path / f"{ENV}__sac").exists()
+    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "b"), "--set", "tau"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "KEY=VALUE" in r.stderr

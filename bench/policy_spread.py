@@ -1,0 +1,89 @@
+"""How spread out is a trained policy's action distribution? A diagnostic for bench/LEARNING.md.
+
+For each seed of a run (a --seeds group dir or a single run dir) and a checkpoint ("latest" or "best"), draws
+M actions per state at S states taken from the run's own replay buffer (the checkpoint's) and reports, averaged
+over states and action dimensions (in the policy's [-1, 1] units):
+- `spread`: the std over the M draws at one state. Diffusion policies (DPMD, SDAC, DACER*): M single chain
+  samples (N = 1, no added noise), the policy alone. SAC: M draws of its tanh-Gaussian (what it explores with).
+- `noise`: the std of the Gaussian a diffusion agent adds to its best-of-N pick while training (explore_std·α).
+- `explore`: the std over M draws of the training-time action at one state — for DPMD/SDAC the best-of-N pick
+  plus that noise (what actually reaches the environment), for SAC the same as `spread`.
+- `bound`: the fraction of action coordinates at ±1 (≥ 0.99 in magnitude) among the spread draws.
+
+  python bench/policy_spread.py runs/learning/Hopper-v4__dpmd runs/learning/Hopper-v4__sac [--checkpoint latest]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from fastrsm.policy import load_policy
+from fastrsm.runlog import load_checkpoint
+
+
+def seed_dirs(run: Path) -> list[Path]:
+    if (run / "group.json").is_file():
+        return sorted(p for p in run.iterdir() if p.is_dir() and p.name.startswith("seed_"))
+    return [run]
+
+
+@torch.inference_mode()
+def measure(seed_dir: Path, checkpoint: str, states: int, draws: int, seed: int) -> dict[str, float]:
+    ckpt = load_checkpoint(str(seed_dir / "checkpoints" / "latest.pt"))  # the replay lives in `latest`
+    obs_all = ckpt["replay"]["obs"]
+    g = torch.Generator().manual_seed(seed)
+    obs = obs_all[torch.randint(0, obs_all.shape[0], (states,), generator=g)].float()
+    alone = load_policy(str(seed_dir), checkpoint=checkpoint, particles=1, seed=seed, backend="torch")
+    agent = alone.agent
+    rep = obs.repeat_interleave(draws, 0)  # [S*M, obs]
+    torch.manual_seed(seed)
+    if hasattr(agent, "policy_ema"):
+        a = agent.act(rep, explore=False).view(states, draws, -1)  # one chain sample each (N = 1)
+        full = load_policy(str(seed_dir), checkpoint=checkpoint, seed=seed, backend="torch").agent
+        noise = float(full.cfg.explore_std * full.alpha) if hasattr(full, "alpha") else float("nan")
+        e = full.act(rep, explore=True).view(states, draws, -1)  # best-of-N pick + the training noise
+    else:
+        a = agent.act(rep, explore=True).view(states, draws, -1)
+        noise, e = float("nan"), a
+    return {"spread": a.std(1).mean().item(), "noise": noise, "explore": e.std(1).mean().item(),
+            "bound": (a.abs() >= 0.99).float().mean().item()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--checkpoint", default="latest", choices=("latest", "best"))
+    p.add_argument("--states", type=int, default=256)
+    p.add_argument("--draws", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    print("| run | seed | env step | spread (N=1) | training noise | explore std | at bound |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for run in a.runs:
+        if not run.is_dir():
+            print(f"policy_spread: {run} is not a run directory", file=sys.stderr)
+            return 2
+        for sd in seed_dirs(run):
+            m = measure(sd, a.checkpoint, a.states, a.draws, a.seed)
+            summary = json.loads((sd / "summary.json").read_text()) if (sd / "summary.json").is_file() else {}
+            step = summary.get("env_steps", summary.get("step", "?"))
+            rows.append({"run": str(run), "seed_dir": sd.name, "checkpoint": a.checkpoint, "step": step, **m})
+            print(f"| {run.name} | {sd.name} | {step} | {m['spread']:.3f} | {m['noise']:.3f} | {m['explore']:.3f} "
+                  f"| {m['bound']:.0%} |", flush=True)
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
