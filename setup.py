@@ -39,6 +39,7 @@ setup(
         "console_scripts": [
             "fastrsm-train=fastrsm.train:main",
             "fastrsm-eval=fastrsm.evaluate:main",
+            "fastrsm-export=fastrsm.export:main",
             "fastrsm-plot=fastrsm.plot:main",
             "fastrsm-bench=fastrsm.bench:main",
             "fastrsm-sweep=fastrsm.sweep:main",

@@ -13,8 +13,10 @@ given with --authors) and a venv with their dependencies and fastrsm's (../share
         /work/venv-authors/bin/python bench/bench_vs_authors.py --authors /path/to/checkout [--sizes smoke paper]
 
 `taskset` is what makes JAX single-threaded (the XLA flags alone still use ~1.7 cores); torch runs one thread.
-Their DPMD is built as their `scripts/train_mujoco.py --alg dpmd` builds it. fastrsm runs eager and compiled
-(fastrsm.compiled: torch.compile of the whole act and update); compile time is reported apart, never timed.
+Their DPMD is built as their `scripts/train_mujoco.py --alg dpmd` builds it. fastrsm runs eager, compiled
+(fastrsm.compiled: torch.compile of the whole act and update) and, for acting, exported (fastrsm.export: the
+evaluation act compiled ahead of time into one file, as a deployed policy runs); compile and export times are
+reported apart, never timed.
 Each round times every contestant once, in a rotating order; the table holds medians over rounds and the
 ratio to the authors' time (> 1: fastrsm slower).
 """
@@ -26,6 +28,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -110,6 +113,34 @@ def fastrsm_dpmd(hidden: int, layers: int, T: int, N: int, batch: int, compiled:
     return fns, time.perf_counter() - t0
 
 
+def fastrsm_exported(hidden: int, layers: int, T: int, N: int, batch: int, folder: str):
+    """The evaluation act (no exploration noise: what a deployed policy runs) compiled ahead of time into one
+    file (fastrsm.export, AOTInductor) and called as a deployed policy calls it (NumPy out)."""
+    import numpy as np
+    import torch
+
+    from fastrsm.agents import make_agent
+    from fastrsm.backend import make_ops
+    from fastrsm.config import make_config
+    from fastrsm.export import export_loaded, load_exported
+    from fastrsm.policy import Policy
+
+    cfg = make_config("paper", {"device": "cpu", "hidden": hidden, "layers": layers, "diffusion_steps": T,
+                                "particles": N, "batch_size": batch})
+    torch.manual_seed(0)
+    agent = make_agent("dpmd", OBS_DIM, ACT_DIM, cfg, torch.device("cpu"), make_ops("torch", "cpu")).eval()
+    ones = np.ones(ACT_DIM, dtype=np.float32)
+    t0 = time.perf_counter()
+    path = export_loaded(Policy(agent, -ones, ones, "bench", "dpmd", N), os.path.join(folder, f"act{hidden}.pt2"))
+    pol = load_exported(path)
+    seconds = time.perf_counter() - t0
+    obs1, obs5 = torch.randn(1, OBS_DIM), torch.randn(5, OBS_DIM)
+    fns = {"act1": lambda: pol.act_tensor(obs1).numpy(), "act5": lambda: pol.act_tensor(obs5).numpy()}
+    for f in fns.values():
+        f()
+    return fns, seconds
+
+
 def update_flops(hidden: int, layers: int, T: int, N: int, batch: int) -> float:
     """The GEMM FLOPs that dominate one DPMD update: the bootstrap's chain over batch·N rows (per row and step the
     factored first layer W_a·a, layers−1 hidden H×H layers, the output layer) and min(Q1, Q2) of the batch·N
@@ -150,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
              f"affinity {sorted(os.sched_getaffinity(0))}; torch {torch.__version__}, one thread; "
              f"{time.strftime('%Y-%m-%d')}", "",
-             "| size | call | authors (XLA) ms | fastrsm eager ms | fastrsm compiled ms | eager / authors | "
-             "compiled / authors |", "|---|---|---|---|---|---|---|"]
+             "| size | call | authors (XLA) ms | fastrsm eager ms | fastrsm compiled ms | fastrsm exported ms | "
+             "eager / authors | compiled / authors | exported / authors |", "|---|---|---|---|---|---|---|---|---|"]
     floors: list[str] = []
     for size in args.sizes:
         hidden, layers, T, N, batch = SIZES[size]
@@ -160,23 +191,28 @@ def main(argv: list[str] | None = None) -> int:
             f()
         eager, _ = fastrsm_dpmd(hidden, layers, T, N, batch, compiled=False)
         comp, compile_s = fastrsm_dpmd(hidden, layers, T, N, batch, compiled=True)
+        with tempfile.TemporaryDirectory() as folder:  # the loaded package no longer needs its file
+            exported, export_s = fastrsm_exported(hidden, layers, T, N, batch, folder)
         reps = {"act1": 200 if size == "smoke" else 20, "act5": 100 if size == "smoke" else 10,
                 "update": 20 if size == "smoke" else 2}
         times: dict[tuple[str, str], list[float]] = {}
-        contestants = [("authors", theirs), ("eager", eager), ("compiled", comp)]
+        contestants = [("authors", theirs), ("eager", eager), ("compiled", comp), ("exported", exported)]
         gemm = gemm_call(hidden, N, batch)
         for r in range(args.rounds):
-            order = contestants[r % 3:] + contestants[: r % 3]
+            order = contestants[r % 4:] + contestants[: r % 4]
             for call in ("act1", "act5", "update"):
                 for name, fns in order:
-                    times.setdefault((name, call), []).append(median_ms(fns[call], reps[call]))
+                    if call in fns:  # the exported policy acts; it has no update
+                        times.setdefault((name, call), []).append(median_ms(fns[call], reps[call]))
             times.setdefault(("gemm", ""), []).append(median_ms(gemm, 50))
         for call in ("act1", "act5", "update"):
             a, e, c = (statistics.median(times[(n, call)]) for n in ("authors", "eager", "compiled"))
+            x = statistics.median(times[("exported", call)]) if ("exported", call) in times else None
             label = {"act1": "act, 1 obs", "act5": "act, 5 obs", "update": f"DPMD update, batch {batch}"}[call]
+            xs = ("–", "–") if x is None else (f"{x:.3f}", f"{x / a:.2f}")
             lines.append(f"| {size} ({hidden}×{layers}, T {T}, N {N}) | {label} | {a:.3f} | {e:.3f} | {c:.3f} | "
-                         f"{e / a:.2f} | {c / a:.2f} |")
-        lines.append(f"| {size} | fastrsm compile start-up | | | {compile_s:.1f} s | | |")
+                         f"{xs[0]} | {e / a:.2f} | {c / a:.2f} | {xs[1]} |")
+        lines.append(f"| {size} | fastrsm compile start-up | | | {compile_s:.1f} s | {export_s:.1f} s | | | |")
         rate = 2 * batch * N * hidden * hidden / (statistics.median(times[("gemm", "")]) * 1e-3)  # FLOP/s
         floor = update_flops(hidden, layers, T, N, batch) / rate * 1e3
         a, e, c = (statistics.median(times[(n, "update")]) for n in ("authors", "eager", "compiled"))
