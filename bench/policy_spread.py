@@ -9,6 +9,10 @@ over states and action dimensions (in the policy's [-1, 1] units):
 - `explore`: the std over M draws of the training-time action at one state — for DPMD/SDAC the best-of-N pick
   plus that noise (what actually reaches the environment), for SAC the same as `spread`.
 - `bound`: the fraction of action coordinates at ±1 (≥ 0.99 in magnitude) among the spread draws.
+- `q_between`, `q_within`: the run's critic (min of the twin Qs) at those training-time actions, split into the
+  std over states of each state's mean Q and the mean over states of the std over the M actions at one state.
+  DPMD's `exp` weights exp(clip((Q − m)/σ)/λ) compare Q across the batch's states: where `q_between` dwarfs
+  `q_within` they mostly say which *state* is worth more, not which *action* is better at a state.
 
   python bench/policy_spread.py runs/learning/Hopper-v4__dpmd runs/learning/Hopper-v4__sac [--checkpoint latest]
 """
@@ -51,8 +55,10 @@ def measure(seed_dir: Path, checkpoint: str, states: int, draws: int, seed: int)
     else:
         a = agent.act(rep, explore=True).view(states, draws, -1)
         noise, e = float("nan"), a
+    q = agent.critic.min_q(rep, e.reshape(states * draws, -1)).view(states, draws)
     return {"spread": a.std(1).mean().item(), "noise": noise, "explore": e.std(1).mean().item(),
-            "bound": (a.abs() >= 0.99).float().mean().item()}
+            "bound": (a.abs() >= 0.99).float().mean().item(), "q_between": q.mean(1).std().item(),
+            "q_within": q.std(1).mean().item()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
-    print("| run | seed | env step | spread (N=1) | training noise | explore std | at bound |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| run | seed | env step | spread (N=1) | training noise | explore std | at bound | Q std between states "
+          "| Q std within a state |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for run in a.runs:
         if not run.is_dir():
             print(f"policy_spread: {run} is not a run directory", file=sys.stderr)
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             step = summary.get("env_steps", summary.get("step", "?"))
             rows.append({"run": str(run), "seed_dir": sd.name, "checkpoint": a.checkpoint, "step": step, **m})
             print(f"| {run.name} | {sd.name} | {step} | {m['spread']:.3f} | {m['noise']:.3f} | {m['explore']:.3f} "
-                  f"| {m['bound']:.0%} |", flush=True)
+                  f"| {m['bound']:.0%} | {m['q_between']:.2f} | {m['q_within']:.3f} |", flush=True)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     return 0
