@@ -19,7 +19,7 @@ from .diffusion import SCHEDULES
 from .envs import ENV_BACKENDS
 from .utils import DEVICES
 
-DPMD_WEIGHTS = ("exp", "softmax")
+DPMD_WEIGHTS = ("exp", "softmax", "advantage")
 DACER_ENTROPY = ("torch", "sklearn")
 DACER2_SIGNS = ("descent", "ascent")
 DACER2_GRAD_AT = ("chain", "forward")
@@ -92,7 +92,9 @@ class Config:
     target_entropy_per_dim: float = -0.9
     explore_std: float = 0.1  # exploration noise std is explore_std * alpha
     # --- DPMD ---
-    dpmd_weights: str = "exp"  # exp = exp(clip(q_norm)/lambda); softmax = K*softmax_k(q/lambda)
+    # exp = exp(clip(q_norm)/lambda); softmax = K*softmax_k(clip(q_norm)/lambda) over a state's particles;
+    # advantage = the same softmax of clip((q - mean_k q)/std_k q)/lambda (fastrsm/agents/dpmd.py)
+    dpmd_weights: str = "exp"
     q_norm_rate: float = 0.001
     q_clip: float = 3.0
     q_norm_eps: float = 0.0  # (Q − m)/(σ + eps); FlowRL adds 1e-6

@@ -37,6 +37,14 @@ def normalize_q(q: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, public_c
     return (q - mean) / std
 
 
+def state_advantage(q: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(Q − mean_k Q)/(std_k Q + eps) over the last axis, the K candidate actions of one state: which action is
+    better *at this state*, in units of this state's own spread. The running batch statistics of `normalize_q`
+    mostly measure how states differ (on Hopper the between-state std of Q is ~100× the within-state std;
+    bench/LEARNING.md), so weights built on them barely tell one state's actions apart."""
+    return (q - q.mean(-1, keepdim=True)) / (q.std(-1, keepdim=True) + eps)
+
+
 def dpmd_weights(q: torch.Tensor, lambda_: torch.Tensor | float, mean: torch.Tensor, std: torch.Tensor,
                  clip: float = 3.0, public_code: bool = False) -> torch.Tensor:
     """w = exp(clip(Q̃, −c, c) / λ): the mirror-descent reweighting of DPMD (no gradient)."""

@@ -154,6 +154,17 @@ def test_dpmd_weights_and_the_public_code_flag():
     assert not torch.allclose(w, w_pub)
 
 
+def test_state_advantage_compares_actions_within_a_state():
+    from fastrsm.losses import state_advantage
+
+    q = torch.tensor([[1.0, 2.0, 3.0], [100.0, 100.5, 101.0]])
+    adv = state_advantage(q)
+    # both rows are the same ranking in their own state's units, whatever the state's value or spread
+    torch.testing.assert_close(adv, torch.tensor([[-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]]))
+    torch.testing.assert_close(state_advantage(3.0 * q + 50.0), adv)
+    assert torch.isfinite(state_advantage(torch.ones(2, 4))).all()  # equal Qs: zeros, not NaN
+
+
 def test_dpmd_loss_by_hand():
     eps_pred = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
     eps = torch.tensor([[0.0, 0.0], [0.0, 0.0]])

@@ -102,7 +102,8 @@ def _assert_tree_close(got, want, exact: bool = False, path: str = ""):
         assert got == want, path
 
 
-CASES = [("dpmd", {}), ("dpmd", {"dpmd_weights": "softmax"}), ("sdac", {}), ("sac", {})]
+CASES = [("dpmd", {}), ("dpmd", {"dpmd_weights": "softmax"}), ("dpmd", {"dpmd_weights": "advantage"}), ("sdac", {}),
+         ("sac", {})]
 # the triton backend under the interpreter (tests/conftest.py); SAC has no fused kernel
 BACKEND_CASES = [("torch", a, o) for a, o in CASES] + [("triton", a, o) for a, o in CASES if a != "sac"]
 

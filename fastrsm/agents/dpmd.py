@@ -5,7 +5,10 @@ critic target; gradient stopped); w = exp(clip((Q − m)/σ, −3, 3)/λ), Q fro
 running m, σ; λ = α. The running statistics are updated on every gradient update (as the authors' code does),
 not only on policy steps. `dpmd_weights=softmax` uses all N particles of each state with
 w = N·softmax_k(clip((Q − m)/σ, −3, 3)/λ) instead: normalised by the same statistics, because raw Q/λ at MuJoCo
-Q scales (hundreds) puts all the weight on the argmax particle."""
+Q scales (hundreds) puts all the weight on the argmax particle. `dpmd_weights=advantage` (not the paper's) takes
+the same per-state softmax over the particles' advantage in their own state's units, clip((Q − mean_k Q)/std_k Q)
+/λ: the batch statistics σ are dominated by differences between states, so with them the particles of one state
+get nearly equal weights (bench/LEARNING.md, Hopper)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import torch
 from ..backend import Ops
 from ..config import Config
 from ..diffusion import q_sample
-from ..losses import dpmd_loss, dpmd_weights, normalize_q
+from ..losses import dpmd_loss, dpmd_weights, normalize_q, state_advantage
 from ..replay import Batch
 from .diffusion_agent import DiffusionAgent, NextActions
 
@@ -73,7 +76,7 @@ class DPMD(DiffusionAgent):
         # seeds: every tensor has a leading S; α and the statistics are [S], shaped by per_seed to broadcast
         lam, mean, std = (self.per_seed(x, reuse.drawn.q_particles) for x in (self.alpha, reuse.mean, reuse.std))
         std = std + cfg.q_norm_eps
-        if cfg.dpmd_weights == "softmax":
+        if cfg.dpmd_weights in ("softmax", "advantage"):
             cand, q = reuse.drawn.particles, reuse.drawn.q_particles  # [B, N, A], [B, N]
             N = cand.shape[-2]
             t = torch.randint(0, sched.T, cand.shape[:-1], device=next_obs.device)
@@ -81,7 +84,9 @@ class DPMD(DiffusionAgent):
             a_t = q_sample(sched, cand, t, eps)
             s = next_obs.unsqueeze(-2).expand(*next_obs.shape[:-1], N, next_obs.shape[-1])
             eps_pred = self.policy.eps_net(a_t, s, t)
-            logits = normalize_q(q, mean, std, cfg.public_code_norm).clamp(-cfg.q_clip, cfg.q_clip) / lam
+            score = state_advantage(q) if cfg.dpmd_weights == "advantage" else normalize_q(
+                q, mean, std, cfg.public_code_norm)
+            logits = score.clamp(-cfg.q_clip, cfg.q_clip) / lam
             w_max = torch.softmax(logits, -1).flatten(-2).max(-1).values * N
             return self.ops.sm_loss(eps_pred, eps, logits), {"w_max": w_max}
         a0 = reuse.drawn.action
