@@ -15,7 +15,7 @@ import torch
 from .cli import OneLineParser, run_main
 from .config import Config, field_names, make_config
 from .envs import evaluate_episodes, make_vec_env
-from .policy import load_policy
+from .policy import checkpoint_path, load_policy
 from .runlog import read_config
 from .utils import UsageError, atomic_write_json
 
@@ -77,10 +77,8 @@ def evaluate_policy(run_dir: str, checkpoint: str = "best", episodes: int | None
                 episodes)
     finally:
         env.close()
-    path = checkpoint
-    if path in ("best", "latest"):
-        path = os.path.join(run_dir, "checkpoints", f"{path}.pt")
-    return {"checkpoint": os.path.abspath(path), "env_id": cfg.env_id, "algo": cfg.algo, "episodes": episodes,
+    return {"checkpoint": os.path.abspath(checkpoint_path(run_dir, checkpoint)), "env_id": cfg.env_id,
+            "algo": cfg.algo, "episodes": episodes,
             "seed": seed, "particles": policy.particles, "return_mean": float(np.mean(returns)),
             "return_std": float(np.std(returns)), "returns": [float(r) for r in returns]}
 

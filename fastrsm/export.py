@@ -24,13 +24,12 @@ import os
 import tempfile
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .backend import compiler_available
 from .compiled import CompiledAgent
-from .policy import Policy, _own_rng, load_policy
+from .policy import NumpyActing, Policy, _own_rng, checkpoint_path, load_policy, to_env_bounds
 from .utils import UsageError
 
 FORMAT = "fastrsm-exported-policy/1"
@@ -49,8 +48,7 @@ class _EvalAct(nn.Module):
                                                      dtype=torch.float32))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        a = self.agent.act(obs, explore=False)
-        return self.action_low + (a.clamp(-1.0, 1.0) + 1.0) * self.action_half
+        return to_env_bounds(self.agent.act(obs, explore=False), self.action_low, self.action_half)
 
 
 def export_policy(run_dir: str, path: str, checkpoint: str = "best", particles: int | None = None,
@@ -60,9 +58,7 @@ def export_policy(run_dir: str, path: str, checkpoint: str = "best", particles: 
     Observations of any batch size 1..max_batch are accepted by the package. Needs a C++ compiler; bad input
     raises fastrsm.utils.UsageError."""
     policy = load_policy(run_dir, checkpoint, device="cpu", particles=particles, backend="torch")
-    source = checkpoint if checkpoint not in ("best", "latest") else os.path.join(run_dir, "checkpoints",
-                                                                                   f"{checkpoint}.pt")
-    return export_loaded(policy, path, max_batch, source=os.path.abspath(source))
+    return export_loaded(policy, path, max_batch, source=os.path.abspath(checkpoint_path(run_dir, checkpoint)))
 
 
 def export_loaded(policy: Policy, path: str, max_batch: int = 4096, source: str = "") -> str:
@@ -95,7 +91,7 @@ def export_loaded(policy: Policy, path: str, max_batch: int = 4096, source: str 
     return out
 
 
-class ExportedPolicy:
+class ExportedPolicy(NumpyActing):
     """A policy loaded from `export_policy`'s file. `act(obs)`: obs [obs_dim] or [B, obs_dim] (NumPy) -> actions
     in the env's bounds (float32), as `Policy.act`; `act_tensor` for torch tensors. Random numbers come from the
     policy's own generator state (seeded by `seed`), as `Policy`'s do."""
@@ -135,14 +131,6 @@ class ExportedPolicy:
         with _own_rng(self._gen, self.device):
             a = self._run(x.to(torch.float32).contiguous())
         return a[0] if single else a
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        x = np.asarray(obs, dtype=np.float32)
-        if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
-            raise ValueError(f"an observation must be [{self.obs_dim}] or [B, {self.obs_dim}], got {x.shape}")
-        return self.act_tensor(torch.from_numpy(x)).numpy()
-
-    __call__ = act
 
 
 def load_exported(path: str, seed: int = 0) -> ExportedPolicy:

@@ -25,7 +25,38 @@ from .utils import UsageError, resolve_device
 __all__ = ["Policy", "load_policy"]
 
 
-class Policy:
+def checkpoint_path(run_dir: str, checkpoint: str) -> str:
+    """"best" or "latest" -> that checkpoint file of `run_dir`; anything else is already a path."""
+    if checkpoint in ("best", "latest"):
+        return os.path.join(run_dir, "checkpoints", f"{checkpoint}.pt")
+    return checkpoint
+
+
+def to_env_bounds(a: torch.Tensor, low: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """Policy actions in [-1, 1] -> the env's bounds [low, low + 2·half]."""
+    return low + (a.clamp(-1.0, 1.0) + 1.0) * half
+
+
+class NumpyActing:
+    """`act(obs)` on NumPy observations for a class with `obs_dim` and `act_tensor` (Policy, ExportedPolicy)."""
+
+    obs_dim: int
+
+    def act_tensor(self, obs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """obs [obs_dim] or [B, obs_dim] (NumPy, any float dtype) -> actions in the env's bounds (float32)."""
+        x = np.asarray(obs, dtype=np.float32)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
+            raise ValueError(f"an observation must be [{self.obs_dim}] or [B, {self.obs_dim}], got {x.shape}")
+        return self.act_tensor(torch.from_numpy(x)).cpu().numpy()
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.act(obs)
+
+
+class Policy(NumpyActing):
     """A trained agent in evaluation mode. `act(obs)`: obs [obs_dim] or [B, obs_dim] (NumPy) -> actions
     [act_dim] or [B, act_dim] (NumPy float32) in the env's action bounds."""
 
@@ -57,18 +88,8 @@ class Policy:
     def act_tensor(self, obs: torch.Tensor) -> torch.Tensor:
         """obs [obs_dim] or [B, obs_dim] tensor -> actions in the env's bounds, same leading shape."""
         single = obs.dim() == 1
-        a = self.act_unit(obs.reshape(1, -1) if single else obs)
-        a = self._low + (a.clamp(-1.0, 1.0) + 1.0) * self._half
+        a = to_env_bounds(self.act_unit(obs.reshape(1, -1) if single else obs), self._low, self._half)
         return a[0] if single else a
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """obs [obs_dim] or [B, obs_dim] (NumPy, any float dtype) -> actions in the env's bounds (float32)."""
-        x = np.asarray(obs, dtype=np.float32)
-        if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
-            raise ValueError(f"an observation must be [{self.obs_dim}] or [B, {self.obs_dim}], got {x.shape}")
-        return self.act_tensor(torch.from_numpy(x)).cpu().numpy()
-
-    __call__ = act
 
 
 class _own_rng:
@@ -128,9 +149,7 @@ def load_policy(run_dir: str, checkpoint: str = "best", device: str = "cpu", par
     over.update(chain_noise="torch", chain_precision="fp32")
     cfg = make_config("paper", {**saved, **over})
     dev = resolve_device(cfg.device)
-    path = checkpoint
-    if checkpoint in ("best", "latest"):
-        path = os.path.join(run_dir, "checkpoints", f"{checkpoint}.pt")
+    path = checkpoint_path(run_dir, checkpoint)
     ckpt = load_checkpoint(path)
     env = data.get("env") or _describe_env(cfg)
     # the initial weights are overwritten by the checkpoint: their random draws must not move the caller's RNG
