@@ -21,6 +21,13 @@ from .agents.base import Agent, Parts
 
 Metrics = dict[str, torch.Tensor]
 
+# Dynamo traces `loss.backward()` into the graph (torch >= 2.12's `trace_autograd_ops`; older versions break the
+# graph there). With the agents' `gradient_step` (no Optimizer.step, which always breaks the graph) a DPMD or SDAC
+# update becomes one graph instead of eight: the per-graph overhead (guards, wrappers, autograd bookkeeping) was
+# as large as the chain's own compute at smoke sizes on a CPU.
+_TRACE_BACKWARD: dict[str, Any] = (
+    {"trace_autograd_ops": True} if hasattr(torch._dynamo.config, "trace_autograd_ops") else {})
+
 
 class CompiledAgent:
     """An Agent whose `act` and `update` run torch.compile'd functions; see the module docstring."""
@@ -91,7 +98,14 @@ class CompiledAgent:
             def update_fn(batch: Any, parts: Parts = parts) -> Metrics:
                 return agent.update_step(batch, parts)
 
-            fn = self._updates[parts] = torch.compile(update_fn, dynamic=False, **self._compile_kwargs)
+            compiled = torch.compile(update_fn, dynamic=False, **self._compile_kwargs)
+            trace = _TRACE_BACKWARD if agent.trace_backward else {}
+
+            def fn(batch: Any) -> Metrics:
+                with torch._dynamo.config.patch(**trace):  # read when a frame is traced
+                    return compiled(batch)
+
+            self._updates[parts] = fn
         return fn
 
     def update(self, replay: Any) -> Metrics:

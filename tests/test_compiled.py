@@ -28,7 +28,7 @@ def build(algo: str, seeds: int | None = None):
 
 
 # dacer2: the chain backward and the GMM α step; seeds: the seed-stacked agent a --seeds group compiles
-@pytest.mark.parametrize("algo,seeds", [("dpmd", None), ("sac", None), ("dacer2", None), ("dpmd", 2)])
+@pytest.mark.parametrize("algo,seeds", [("dpmd", None), ("sdac", None), ("sac", None), ("dacer2", None), ("dpmd", 2)])
 def test_compiled_act_and_update_equal_eager(algo, seeds):
     import torch._inductor.config as inductor
 
@@ -65,6 +65,27 @@ def _compare(algo: str, seeds: int | None) -> None:
     torch.manual_seed(2)
     a_c = compiled.act(obs, explore=False)
     torch.testing.assert_close(a_c, a_e, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"), reason="torch < 2.12 breaks at backward")
+@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac"])
+def test_every_update_is_one_graph(algo):
+    """backward, the optimiser steps and the target/EMA updates trace into one graph per update: a graph break
+    (Optimizer.step or zero_grad back in an agent, a no_param_grads around the critic) costs its per-graph
+    overhead on every update, as large as the chain itself at smoke sizes (bench/RESULTS.md)."""
+    from fastrsm.compiled import _TRACE_BACKWARD
+
+    rng = np.random.default_rng(0)
+    rb = ReplayBuffer(128, S, A, "cpu", 16)
+    rb.add(rng.standard_normal((64, S)), rng.uniform(-1, 1, (64, A)), rng.standard_normal(64),
+           rng.standard_normal((64, S)), rng.random(64) < 0.1)
+    agent = build(algo)
+    assert agent.trace_backward
+    for parts in agent.reachable_parts():
+        with torch._dynamo.config.patch(**_TRACE_BACKWARD):
+            ex = torch._dynamo.explain(lambda b, parts=parts: agent.update_step(b, parts))(rb.sample())
+        reasons = [str(r.reason)[:200] for r in ex.break_reasons]
+        assert (ex.graph_count, ex.graph_break_count) == (1, 0), (parts, reasons)
 
 
 def test_auto_compiles_long_cpu_runs_only():

@@ -63,8 +63,80 @@ def make_adam(params, lr: float, device: torch.device, compiled: bool = False) -
     if device.type == "cuda":
         return torch.optim.Adam(params, lr=torch.tensor(lr, device=device), capturable=True)
     if compiled:
-        return torch.optim.Adam(params, lr=torch.tensor(lr), fused=True)
+        opt = torch.optim.Adam(params, lr=torch.tensor(lr), fused=True)
+        prepare_traced_adam(opt)
+        return opt
     return torch.optim.Adam(params, lr=lr)
+
+
+def prepare_traced_adam(opt: torch.optim.Adam) -> None:
+    """Create a fused Adam's state and its parameters' gradients now (zeros, as its first step would), so that
+    `gradient_step` can be traced into one graph from the first update on: no lazy initialisation, and no
+    gradient that is None on the first call and a tensor after it (each would be a guard and a recompile)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if not opt.state[p]:
+                opt.state[p].update(step=torch.zeros((), dtype=torch.float32, device=p.device),
+                                    exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                                    exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+
+@torch.no_grad()
+def _traced_adam_step(opt: torch.optim.Adam) -> None:
+    """Adam's step (Kingma & Ba, with torch's bias corrections and eps outside the square root) in elementwise
+    tensor ops that dynamo traces and inductor fuses, on the optimiser's own state. `Optimizer.step` breaks the
+    graph before and after every step, and `_fused_adam_` with a tensor lr has no meta kernel to trace; the lr
+    stays a tensor so that schedule changes need no recompilation."""
+    for group in opt.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        for p in params:
+            st, g = opt.state[p], p.grad
+            if wd:
+                g = g.add(p, alpha=wd)
+            st["step"].add_(1)
+            st["exp_avg"].lerp_(g, 1 - beta1)
+            st["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            bias1 = 1 - beta1 ** st["step"]
+            bias2_sqrt = (1 - beta2 ** st["step"]).sqrt()
+            p.sub_(lr / bias1 * st["exp_avg"] / (st["exp_avg_sq"].sqrt() / bias2_sqrt + eps))
+
+
+def _traceable(opt: torch.optim.Optimizer) -> bool:
+    d = opt.defaults
+    return (isinstance(opt, torch.optim.Adam) and bool(d.get("fused")) and not d.get("amsgrad")
+            and not d.get("maximize") and not d.get("decoupled_weight_decay"))
+
+
+def gradient_step(opt: torch.optim.Optimizer, loss: torch.Tensor,
+                  inputs: list[torch.Tensor] | None = None) -> None:
+    """One gradient step of `opt` on `loss`: zero the gradients, backward (into `inputs` only, when given: e.g. the
+    actor's weights when the loss runs through the critic), step. With the fused Adam of a compiled CPU run the
+    step is `_traced_adam_step`, so that dynamo traces the whole update as one graph (fastrsm.compiled)."""
+    if _traceable(opt):
+        # Optimizer.zero_grad is skipped by dynamo (a graph break); the gradients exist (prepare_traced_adam)
+        for g in opt.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    p.grad.zero_()
+        _backward(loss, inputs)
+        _traced_adam_step(opt)
+        return
+    opt.zero_grad(set_to_none=False)
+    _backward(loss, inputs)
+    opt.step()
+
+
+def _backward(loss: torch.Tensor, inputs: list[torch.Tensor] | None) -> None:
+    if inputs is None:  # dynamo traces `backward()` but not `backward(inputs=None)`
+        loss.backward()
+    else:
+        loss.backward(inputs=inputs)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -116,6 +188,9 @@ class Agent(nn.Module):
 
     algo = "base"
     supports_seeds = True  # the seed axis of fastrsm.seeds (every parameter, statistic and input stacked over S)
+    # fastrsm.compiled traces `backward()` into the update's graph (one graph per update); an agent whose update
+    # does not compile equal to eager that way sets this False and keeps the graph breaks at backward()
+    trace_backward = True
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
                  seeds: int | None = None):
@@ -219,9 +294,7 @@ class Agent(nn.Module):
             y = td_target(batch.reward, batch.terminated, next_v, self.cfg.gamma, self.cfg.reward_scale)
         q = self.critic(batch.obs, batch.action)
         loss = critic_loss(q, y)
-        self.opt_q.zero_grad(set_to_none=False)
-        self.total(loss).backward()
-        self.opt_q.step()
+        gradient_step(self.opt_q, self.total(loss))
         return {"loss_q": loss.detach(), "q_mean": self.seed_mean(q.detach(), seed_dim=1)}, reuse
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from ..config import Config
 from ..diffusion import DiffusionPolicy
 from ..losses import alpha_loss, noise_entropy
 from ..replay import Batch
-from .base import Agent, frozen_copy, linear_decay, log_alpha_param, make_adam, polyak, set_lr
+from .base import Agent, frozen_copy, gradient_step, linear_decay, log_alpha_param, make_adam, polyak, set_lr
 
 
 class NextActions(NamedTuple):
@@ -84,9 +84,7 @@ class DiffusionAgent(Agent):
         # The policy is trained at the batch's next states s': that is where the bootstrap already drew the
         # policy's actions, so the loss reuses them instead of running a second reverse chain at s.
         loss, metrics = self.policy_loss(batch, reuse)
-        self.opt_pi.zero_grad(set_to_none=False)
-        self.total(loss).backward()
-        self.opt_pi.step()
+        gradient_step(self.opt_pi, self.total(loss))
         return {"loss_pi": loss.detach(), **metrics}
 
     def after_policy_step(self) -> None:
@@ -95,7 +93,5 @@ class DiffusionAgent(Agent):
     def alpha_step(self) -> dict[str, torch.Tensor]:
         entropy = noise_entropy(self.log_alpha, self.act_dim, self.cfg.explore_std)
         loss = alpha_loss(self.log_alpha, entropy, self.target_entropy)
-        self.opt_alpha.zero_grad(set_to_none=False)
-        self.total(loss).backward()
-        self.opt_alpha.step()
+        gradient_step(self.opt_alpha, self.total(loss))
         return {"loss_alpha": loss.detach()}

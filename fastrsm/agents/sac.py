@@ -8,7 +8,7 @@ from ..backend import Ops
 from ..config import Config
 from ..losses import sac_actor_loss, sac_alpha_loss, sac_target
 from ..nets import GaussianActor
-from .base import Agent, Parts, log_alpha_param, make_adam, no_param_grads
+from .base import Agent, Parts, gradient_step, log_alpha_param, make_adam
 
 
 class SAC(Agent):
@@ -34,18 +34,14 @@ class SAC(Agent):
 
     def policy_step(self, batch, reuse: None) -> dict[str, torch.Tensor]:
         a, logp = self.actor(batch.obs)
-        with no_param_grads(self.critic):  # only ∂Q/∂a is needed; the critic's weight gradients would be discarded
-            q = self.critic.min_q(batch.obs, a)
+        q = self.critic.min_q(batch.obs, a)
         loss = sac_actor_loss(q, logp, self.per_seed(self.alpha, logp))
-        self.opt_pi.zero_grad(set_to_none=False)
-        self.total(loss).backward()
-        self.opt_pi.step()
+        # into the actor's weights only: ∂Q/∂a is needed, the critic's weight gradients are not
+        gradient_step(self.opt_pi, self.total(loss), inputs=list(self.actor.parameters()))
         metrics = {"loss_pi": loss.detach(), "entropy": -logp.detach().mean(-1)}
         if self.cfg.learn_alpha:
             loss_a = sac_alpha_loss(self.per_seed(self.log_alpha, logp), logp, self.target_entropy)
-            self.opt_alpha.zero_grad(set_to_none=False)
-            self.total(loss_a).backward()
-            self.opt_alpha.step()
+            gradient_step(self.opt_alpha, self.total(loss_a))
             metrics["loss_alpha"] = loss_a.detach()
         return metrics
 
