@@ -135,15 +135,28 @@ def _free(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def bench_backend(name: str, cfg: Config, obs_dim: int, act_dim: int, device: torch.device,
-                  args: argparse.Namespace) -> dict[str, Any]:
-    """One row of the table: every figure for backend `name`, or why there is none."""
-    row: dict[str, Any] = {"backend": name, "update_ms": None, "updates_per_s": None, "act_ms": None,
-                           "env_steps_per_s": None, "peak_mem_mb": None, "graphs_captured": None}
+def _empty_row(name: str) -> dict[str, Any]:
+    return {"backend": name, "update_ms": None, "updates_per_s": None, "act_ms": None, "env_steps_per_s": None,
+            "peak_mem_mb": None, "graphs_captured": None}
+
+
+def _error(e: Exception) -> str:
+    if isinstance(e, BackendError):  # e.g. triton not installed
+        return f"n/a ({e})"
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"error: {type(e).__name__}: {msg}"[:300]
+
+
+def setup_backend(name: str, cfg: Config, obs_dim: int, act_dim: int, device: torch.device,
+                  args: argparse.Namespace) -> tuple[dict[str, Any], tuple | None]:
+    """Build backend `name`'s agent on a random replay and warm it up (graph capture, torch.compile, Triton
+    compilation, cuBLAS set-up; none of it timed). Returns its row and (fast agent, replay, obs), or None with
+    the row's status saying why there is none."""
+    row = _empty_row(name)
     ops_name, graphs = _IMPL[name]
     if graphs and device.type != "cuda":
         row["status"] = "n/a (needs CUDA)"
-        return row
+        return row, None
     _free(device)
     try:
         seed_everything(args.seed)
@@ -156,27 +169,81 @@ def bench_backend(name: str, cfg: Config, obs_dim: int, act_dim: int, device: to
         # what training runs for this backend: CUDA graphs, whole-function torch.compile, or the eager agent
         fast = CompiledAgent(agent) if ops_name == "compile" else make_fast_agent(agent, cfg.num_envs, enabled=graphs)
         obs = torch.randn(cfg.num_envs, obs_dim, device=device)
-        # Warm-up: graph capture, torch.compile and Triton compilation, cuBLAS set-up; none of it is timed.
         fast.capture(rb, obs)
         for _ in range(args.warmup_updates):
             fast.update(rb)
         for _ in range(3):
             fast.act(obs).cpu()
-        row["update_ms"] = time_updates(fast, rb, args.updates, device)
-        row["updates_per_s"] = 1e3 / row["update_ms"]
-        row["act_ms"] = time_act(fast, obs, args.act_calls, device)
-        if args.env_steps > 0:
-            row["env_steps_per_s"] = env_loop(cfg, args.env_steps, args.seed, fast, rb, device)
-        if device.type == "cuda":
-            row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         row["graphs_captured"] = getattr(fast, "captures", 0)  # CUDA graphs only; 0 for compile/eager
         row["status"] = "ok"
-    except BackendError as e:  # e.g. triton not installed
-        row["status"] = f"n/a ({e})"
+        return row, (fast, rb, obs)
     except Exception as e:  # one backend failing (say, no C++ compiler for torch.compile) spares the others
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        row["status"] = f"error: {type(e).__name__}: {msg}"[:300]
+        row["status"] = _error(e)
+        return row, None
+
+
+def measure_backend(row: dict[str, Any], contestant: tuple, cfg: Config, device: torch.device,
+                    args: argparse.Namespace) -> dict[str, Any]:
+    """One round of every figure of a set-up backend: update and act latency, env steps/s (and peak memory)."""
+    fast, rb, obs = contestant
+    fig: dict[str, Any] = {}
+    try:
+        fig["update_ms"] = time_updates(fast, rb, args.updates, device)
+        fig["act_ms"] = time_act(fast, obs, args.act_calls, device)
+        if args.env_steps > 0:
+            fig["env_steps_per_s"] = env_loop(cfg, args.env_steps, args.seed, fast, rb, device)
+        if device.type == "cuda":
+            fig["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    except Exception as e:
+        row["status"] = _error(e)
+    return fig
+
+
+def bench_backend(name: str, cfg: Config, obs_dim: int, act_dim: int, device: torch.device,
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """One row of the table: every figure for backend `name` (one round), or why there is none."""
+    row, contestant = setup_backend(name, cfg, obs_dim, act_dim, device, args)
+    if contestant is not None:
+        _fill_row(row, [measure_backend(row, contestant, cfg, device, args)])
     return row
+
+
+def _median(xs: list[float]) -> float | None:
+    return float(np.median(xs)) if xs else None
+
+
+def _fill_row(row: dict[str, Any], rounds: list[dict[str, Any]]) -> None:
+    """The row's figures: the median over rounds of each (the figures of one round when there is one)."""
+    for k in ("update_ms", "act_ms", "env_steps_per_s", "peak_mem_mb"):
+        row[k] = _median([r[k] for r in rounds if r.get(k) is not None])
+    row["updates_per_s"] = 1e3 / row["update_ms"] if row["update_ms"] else None
+    if len(rounds) > 1:
+        row["rounds"] = rounds
+
+
+def bench_interleaved(names: list[str], cfg: Config, obs_dim: int, act_dim: int, device: torch.device,
+                      args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every backend set up first, then `args.rounds` rounds in which each measures in turn: a change of load
+    on a shared machine then falls on all of them alike. Each figure is its median over rounds, and each
+    backend's env-steps/s against the first backend's is the median of the per-round ratios."""
+    set_up = [setup_backend(n, cfg, obs_dim, act_dim, device, args) for n in names]
+    for row, _ in set_up:
+        print(f"  {row['backend']}: {row['status']}", flush=True)
+    rounds: list[list[dict[str, Any]]] = [[] for _ in set_up]
+    for r in range(args.rounds):
+        for i, (row, contestant) in enumerate(set_up):
+            if contestant is not None and row["status"] == "ok":
+                rounds[i].append(measure_backend(row, contestant, cfg, device, args))
+        print(f"  round {r + 1}/{args.rounds} done", flush=True)
+    rows = []
+    base = rounds[0] if set_up and set_up[0][1] is not None else []
+    for (row, _), rs in zip(set_up, rounds):
+        _fill_row(row, rs)
+        ratios = [x["env_steps_per_s"] / b["env_steps_per_s"] for x, b in zip(rs, base)
+                  if x.get("env_steps_per_s") and b.get("env_steps_per_s")]
+        row["env_steps_ratio"] = _median(ratios)
+        rows.append(row)
+    return rows
 
 
 def _git_commit() -> str | None:
@@ -238,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--backends", nargs="+", default=list(BENCH_BACKENDS),
                    help=f"any of {', '.join(BENCH_BACKENDS)} (space or comma separated)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="set every backend up first, then measure them in turn this many times (medians; for a "
+                        "shared machine, where load changes between backends measured one after another)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config setting")
     p.add_argument("--json", default=None, metavar="PATH", help="also save the results as JSON")
@@ -250,7 +320,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, torch.device, list[str]]
     if unknown or not backends:
         raise UsageError(f"unknown backend(s) {', '.join(unknown) or '(none given)'}; "
                          f"choose from {', '.join(BENCH_BACKENDS)}")
-    for name in ("updates", "act_calls", "num_envs", "fill"):
+    for name in ("updates", "act_calls", "num_envs", "fill", "rounds"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be positive")
     if args.env_steps < 0 or args.warmup_updates < 0:
@@ -281,15 +351,23 @@ def _main(argv: list[str] | None) -> int:
     print(f"fastrsm-bench: {cfg.env_id} (S={obs_dim}, A={act_dim}) {cfg.algo}, preset {args.preset}: "
           f"B={cfg.batch_size} N={cfg.particles} T={cfg.diffusion_steps} H={cfg.hidden}x{cfg.layers} "
           f"K={cfg.reverse_samples}, {cfg.num_envs} env(s), utd {cfg.utd:g}; {_device_name(device)}", flush=True)
-    rows = []
-    for name in backends:
-        row = bench_backend(name, cfg, obs_dim, act_dim, device, args)
-        rows.append(row)
-        print(f"  {name}: {row['status']}", flush=True)
+    if args.rounds > 1:
+        rows = bench_interleaved(backends, cfg, obs_dim, act_dim, device, args)
+    else:
+        rows = []
+        for name in backends:
+            row = bench_backend(name, cfg, obs_dim, act_dim, device, args)
+            rows.append(row)
+            print(f"  {name}: {row['status']}", flush=True)
     env_rate = env_loop(cfg, args.env_steps, args.seed, None, None, device) if args.env_steps > 0 else None
     replay_mb = cfg.buffer_size * (2 * obs_dim + act_dim + 2) * 4 / 2**20
     print()
     print(format_table(rows))
+    if args.rounds > 1:
+        ratios = ", ".join(f"{r['backend']} {r['env_steps_ratio']:.2f}x" for r in rows[1:]
+                           if r.get("env_steps_ratio") is not None)
+        print(f"medians of {args.rounds} interleaved rounds; env steps/s against {rows[0]['backend']}, median of "
+              f"the per-round ratios: {ratios or '-'}")
     if env_rate is not None:
         print(f"environment alone (random actions): {env_rate:.1f} env steps/s")
     if device.type == "cuda":

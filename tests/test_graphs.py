@@ -209,9 +209,29 @@ def test_bench_cpu_smoke(tmp_path, capsys):
     assert "update ms" in capsys.readouterr().out
 
 
+def test_bench_interleaved_rounds(tmp_path, capsys):
+    """--rounds: every backend set up once, then measured in turn each round; medians and per-round ratios."""
+    out = tmp_path / "bench.json"
+    code = bench_main(["--preset", "smoke", "--device", "cpu", "--updates", "2", "--env-steps", "10",
+                       "--warmup-updates", "1", "--act-calls", "2", "--fill", "256", "--backends", "torch,graphs,torch",
+                       "--rounds", "3", "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["backend"] for r in rows] == ["torch", "graphs", "torch"]
+    for r in (rows[0], rows[2]):
+        assert r["status"] == "ok" and len(r["rounds"]) == 3
+        assert r["env_steps_per_s"] == pytest.approx(float(np.median([x["env_steps_per_s"] for x in r["rounds"]])))
+        assert r["update_ms"] == pytest.approx(float(np.median([x["update_ms"] for x in r["rounds"]])))
+    ratios = [b["env_steps_per_s"] / a["env_steps_per_s"] for a, b in zip(rows[0]["rounds"], rows[2]["rounds"])]
+    assert rows[2]["env_steps_ratio"] == pytest.approx(float(np.median(ratios)))
+    assert rows[1]["status"] == "n/a (needs CUDA)" and rows[1]["env_steps_ratio"] is None
+    assert "interleaved rounds" in capsys.readouterr().out
+
+
 def test_bench_usage_errors(capsys):
     assert bench_main(["--device", "cpu", "--backends", "torch,nope"]) == 2
     assert "nope" in capsys.readouterr().err
+    assert bench_main(["--device", "cpu", "--preset", "smoke", "--rounds", "0"]) == 2
     assert bench_main(["--device", "cpu", "--preset", "smoke", "--fill", "3"]) == 2
 
 
