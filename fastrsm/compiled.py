@@ -1,8 +1,10 @@
 """torch.compile of the whole acting function and of each update (DESIGN.md "CPU speed"): on a CPU, where eager
 PyTorch pays per-op overhead on small tensors, the T-step chain, the twin-Q scoring and the argmax become one
-graph, and each update's parts (critic step, policy step, α step, their optimiser steps) are compiled once per
-distinct `Parts` the agent's schedule names — the same shape as fastrsm.graphs' CUDA graphs, asked of the same
-schedule (`Agent.next_parts`).
+graph, and each update (critic step, policy step, α step, their backward passes and optimiser steps, the target
+and EMA updates) is compiled once per distinct `Parts` the agent's schedule names — the same shape as
+fastrsm.graphs' CUDA graphs, asked of the same schedule (`Agent.next_parts`). For DPMD, SDAC and SAC each update is
+one graph: dynamo traces `backward()`, and the agents step their optimisers through `gradient_step`, which
+dynamo can trace (`Optimizer.step` cannot be).
 
 `CompiledAgent` offers the training loop's two calls, `act(obs, explore)` and `update(replay)`, and falls through
 to the agent for everything else. The first call of each variant compiles (seconds to minutes on a small CPU);
