@@ -17,6 +17,8 @@ Their DPMD is built as their `scripts/train_mujoco.py --alg dpmd` builds it. fas
 (fastrsm.compiled: torch.compile of the whole act and update) and, for acting, exported (fastrsm.export: the
 evaluation act compiled ahead of time into one file, as a deployed policy runs); compile and export times are
 reported apart, never timed.
+The "train step" row is act on one observation plus one update: the training loop's compute per env step at
+UTD 1 (the env step, the same MuJoCo step for both, left out).
 Each round times every contestant once, in a rotating order; the table holds medians over rounds and the
 ratio to the authors' time (> 1: fastrsm slower).
 """
@@ -37,6 +39,7 @@ SIZES = {  # hidden, layers, T, N, batch
     "paper": (256, 3, 20, 32, 256),
 }
 OBS_DIM, ACT_DIM = 11, 3  # Hopper's shapes
+CALLS = ("act1", "act5", "update", "step")
 
 
 def authors_dpmd(authors: str, hidden: int, layers: int, T: int, N: int, batch: int):
@@ -71,7 +74,9 @@ def authors_dpmd(authors: str, hidden: int, layers: int, T: int, N: int, batch: 
         info, _ = algo.update(key, data)
         jax.block_until_ready(info)
 
-    return {"act1": act(obs1), "act5": act(obs5), "update": update}
+    fns = {"act1": act(obs1), "act5": act(obs5), "update": update}
+    fns["step"] = train_step(fns)
+    return fns
 
 
 def fastrsm_dpmd(hidden: int, layers: int, T: int, N: int, batch: int, compiled: bool):
@@ -106,11 +111,24 @@ def fastrsm_dpmd(hidden: int, layers: int, T: int, N: int, batch: int, compiled:
         fast.update(rb) if compiled else agent.update(rb.sample())
 
     fns = {"act1": act(obs1), "act5": act(obs5), "update": update}
+    fns["step"] = train_step(fns)
     t0 = time.perf_counter()
     for f in fns.values():  # compile every variant (and build caches) outside the timings
         for _ in range(3):
             f()
     return fns, time.perf_counter() - t0
+
+
+def train_step(fns: dict[str, Callable[[], object]]) -> Callable[[], object]:
+    """The training loop's compute per env step at UTD 1: act on one observation (to NumPy), then one update. The
+    env step itself (the same MuJoCo step for both libraries) and the replay write are left out."""
+    act1, update = fns["act1"], fns["update"]
+
+    def step() -> None:
+        act1()
+        update()
+
+    return step
 
 
 def fastrsm_exported(hidden: int, layers: int, T: int, N: int, batch: int, folder: str):
@@ -194,21 +212,22 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as folder:  # the loaded package no longer needs its file
             exported, export_s = fastrsm_exported(hidden, layers, T, N, batch, folder)
         reps = {"act1": 200 if size == "smoke" else 20, "act5": 100 if size == "smoke" else 10,
-                "update": 20 if size == "smoke" else 2}
+                "update": 20 if size == "smoke" else 2, "step": 20 if size == "smoke" else 2}
         times: dict[tuple[str, str], list[float]] = {}
         contestants = [("authors", theirs), ("eager", eager), ("compiled", comp), ("exported", exported)]
         gemm = gemm_call(hidden, N, batch)
         for r in range(args.rounds):
             order = contestants[r % 4:] + contestants[: r % 4]
-            for call in ("act1", "act5", "update"):
+            for call in CALLS:
                 for name, fns in order:
                     if call in fns:  # the exported policy acts; it has no update
                         times.setdefault((name, call), []).append(median_ms(fns[call], reps[call]))
             times.setdefault(("gemm", ""), []).append(median_ms(gemm, 50))
-        for call in ("act1", "act5", "update"):
+        for call in CALLS:
             a, e, c = (statistics.median(times[(n, call)]) for n in ("authors", "eager", "compiled"))
             x = statistics.median(times[("exported", call)]) if ("exported", call) in times else None
-            label = {"act1": "act, 1 obs", "act5": "act, 5 obs", "update": f"DPMD update, batch {batch}"}[call]
+            label = {"act1": "act, 1 obs", "act5": "act, 5 obs", "update": f"DPMD update, batch {batch}",
+                     "step": "train step at UTD 1 (act 1 obs + update)"}[call]
             xs = ("–", "–") if x is None else (f"{x:.3f}", f"{x / a:.2f}")
             lines.append(f"| {size} ({hidden}×{layers}, T {T}, N {N}) | {label} | {a:.3f} | {e:.3f} | {c:.3f} | "
                          f"{xs[0]} | {e / a:.2f} | {c / a:.2f} | {xs[1]} |")
