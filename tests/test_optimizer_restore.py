@@ -66,3 +66,20 @@ def test_restore_rejects_a_checkpoint_with_other_param_groups():
     ckpt["optimizers"][name]["param_groups"] = ckpt["optimizers"][name]["param_groups"] * 2
     with pytest.raises(ValueError):
         _agent("sac", "torch").restore(ckpt)
+
+
+@pytest.mark.parametrize("algo", ["dpmd", "sac"])
+def test_compiled_resume_of_a_checkpoint_written_before_any_update(algo):
+    """A run checkpoints during its warm-up, before its first update: the eager Adam has no state yet. The
+    compiled agent's traced Adam step reads its state, so restoring must create it again (zeros, as the first
+    step would) — and the update must then equal an eager agent's first update."""
+    ckpt = _agent(algo, "torch").checkpoint()
+    assert all(not o.state_dict()["state"] for o in _agent(algo, "torch").optimizers().values())
+    compiled, eager = _agent(algo, "compile"), _agent(algo, "torch")
+    compiled.restore(ckpt)
+    eager.restore(ckpt)
+    for agent in (compiled, eager):
+        torch.manual_seed(3)
+        agent.update_step(_batch(9), agent.next_parts())
+    for pc, pe in zip(compiled.parameters(), eager.parameters()):
+        torch.testing.assert_close(pc, pe, rtol=1e-5, atol=1e-6)

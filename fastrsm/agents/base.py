@@ -173,6 +173,8 @@ def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
         g["lr"] = torch.tensor(lr, device=cur["lr"].device) if torch.is_tensor(cur["lr"]) else lr
         groups.append(g)
     opt.load_state_dict({**state, "param_groups": groups})
+    if _traceable(opt):  # a checkpoint written before the first step has no Adam state; the traced step needs it
+        prepare_traced_adam(opt)
 
 
 def linear_decay(step: int, start: int, end: int, v0: float, v1: float) -> float:
