@@ -184,7 +184,7 @@ def setup_backend(name: str, cfg: Config, obs_dim: int, act_dim: int, device: to
 
 def measure_backend(row: dict[str, Any], contestant: tuple, cfg: Config, device: torch.device,
                     args: argparse.Namespace) -> dict[str, Any]:
-    """One round of every figure of a set-up backend: update and act latency, env steps/s (and peak memory)."""
+    """One round of a set-up backend's timings: update and act latency, env steps/s."""
     fast, rb, obs = contestant
     fig: dict[str, Any] = {}
     try:
@@ -192,8 +192,6 @@ def measure_backend(row: dict[str, Any], contestant: tuple, cfg: Config, device:
         fig["act_ms"] = time_act(fast, obs, args.act_calls, device)
         if args.env_steps > 0:
             fig["env_steps_per_s"] = env_loop(cfg, args.env_steps, args.seed, fast, rb, device)
-        if device.type == "cuda":
-            fig["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     except Exception as e:
         row["status"] = _error(e)
     return fig
@@ -205,6 +203,8 @@ def bench_backend(name: str, cfg: Config, obs_dim: int, act_dim: int, device: to
     row, contestant = setup_backend(name, cfg, obs_dim, act_dim, device, args)
     if contestant is not None:
         _fill_row(row, [measure_backend(row, contestant, cfg, device, args)])
+        if device.type == "cuda":  # this backend alone is on the device (_free reset the peak before its set-up)
+            row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return row
 
 
@@ -214,7 +214,7 @@ def _median(xs: list[float]) -> float | None:
 
 def _fill_row(row: dict[str, Any], rounds: list[dict[str, Any]]) -> None:
     """The row's figures: the median over rounds of each (the figures of one round when there is one)."""
-    for k in ("update_ms", "act_ms", "env_steps_per_s", "peak_mem_mb"):
+    for k in ("update_ms", "act_ms", "env_steps_per_s"):
         row[k] = _median([r[k] for r in rounds if r.get(k) is not None])
     row["updates_per_s"] = 1e3 / row["update_ms"] if row["update_ms"] else None
     if len(rounds) > 1:
@@ -225,7 +225,8 @@ def bench_interleaved(names: list[str], cfg: Config, obs_dim: int, act_dim: int,
                       args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every backend set up first, then `args.rounds` rounds in which each measures in turn: a change of load
     on a shared machine then falls on all of them alike. Each figure is its median over rounds, and each
-    backend's env-steps/s against the first backend's is the median of the per-round ratios."""
+    backend's env-steps/s against the first backend's is the median of the per-round ratios. No peak memory:
+    every backend's tensors are on the device together, so no backend's own peak can be read."""
     set_up = [setup_backend(n, cfg, obs_dim, act_dim, device, args) for n in names]
     for row, _ in set_up:
         print(f"  {row['backend']}: {row['status']}", flush=True)
@@ -307,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"any of {', '.join(BENCH_BACKENDS)} (space or comma separated)")
     p.add_argument("--rounds", type=int, default=1,
                    help="set every backend up first, then measure them in turn this many times (medians; for a "
-                        "shared machine, where load changes between backends measured one after another)")
+                        "shared machine, where load changes between backends measured one after another; "
+                        "no peak memory then)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config setting")
     p.add_argument("--json", default=None, metavar="PATH", help="also save the results as JSON")
