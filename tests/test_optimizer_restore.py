@@ -74,7 +74,7 @@ def test_compiled_resume_of_a_checkpoint_written_before_any_update(algo):
     compiled agent's traced Adam step reads its state, so restoring must create it again (zeros, as the first
     step would) — and the update must then equal an eager agent's first update."""
     ckpt = _agent(algo, "torch").checkpoint()
-    assert all(not o.state_dict()["state"] for o in _agent(algo, "torch").optimizers().values())
+    assert ckpt["optimizers"] and all(not o["state"] for o in ckpt["optimizers"].values())  # no Adam state saved
     compiled, eager = _agent(algo, "compile"), _agent(algo, "torch")
     compiled.restore(ckpt)
     eager.restore(ckpt)
