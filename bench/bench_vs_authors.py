@@ -179,7 +179,9 @@ def gemm_call(hidden: int, N: int, batch: int) -> Callable[[], object]:
     return lambda: torch.mm(x, w, out=out)
 
 
-def median_ms(fn: Callable[[], object], reps: int) -> float:
+def mean_ms(fn: Callable[[], object], reps: int) -> float:
+    """ms per call, averaged over `reps` back-to-back calls (one round's figure; the table takes the median of
+    these over rounds)."""
     t0 = time.perf_counter()
     for _ in range(reps):
         fn()
@@ -221,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             for call in CALLS:
                 for name, fns in order:
                     if call in fns:  # the exported policy acts; it has no update
-                        times.setdefault((name, call), []).append(median_ms(fns[call], reps[call]))
-            times.setdefault(("gemm", ""), []).append(median_ms(gemm, 50))
+                        times.setdefault((name, call), []).append(mean_ms(fns[call], reps[call]))
+            times.setdefault(("gemm", ""), []).append(mean_ms(gemm, 50))
         for call in CALLS:
             a, e, c = (statistics.median(times[(n, call)]) for n in ("authors", "eager", "compiled"))
             x = statistics.median(times[("exported", call)]) if ("exported", call) in times else None
