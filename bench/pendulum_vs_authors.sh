@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 11's closing comparison: Pendulum-v1 at fastrsm's smoke sizes (64x2 nets, T=5, N=8, batch 128, one env,
 # UTD 1, warm-up 1000, evaluation every 2000 env steps x 5 episodes), 15 000 env steps, seeds 1 and 2:
-#   the authors' DPMD with the precedence fixed and as published (bench/authors_pendulum.py),
+#   the authors' DPMD with the precedence fixed and as published (bench/authors_train.py),
 #   fastrsm smoke DPMD, SDAC and SAC, and fastrsm's flowrl preset (DPMD, SDAC) at the same sizes.
-# Resumable: a finished item is skipped; an unfinished fastrsm group continues with --resume; an unfinished
-# authors' run starts again (their runner keeps no checkpoint). One torch/XLA thread each, one item at a time.
+# Resumable: a finished item is skipped; an unfinished fastrsm group continues with --resume, an unfinished
+# authors' run with its runner's --resume (OUT/NAME/resume.pkl). One torch/XLA thread each, one item at a time.
 #
 #   bash bench/pendulum_vs_authors.sh AUTHORS_CHECKOUT AUTHORS_PYTHON OUT
 #
@@ -37,9 +37,10 @@ fastrsm_group() {  # name algo preset [extra --set ...]
 authors() {  # name seed [flags]
   local name=$1 seed=$2; shift 2
   if [ -f "$OUT/$name/summary.json" ]; then echo "skip $name"; return; fi
-  rm -rf "$OUT/$name"
-  "$APY" bench/authors_pendulum.py --authors "$AUTHORS" --seed "$seed" --out "$OUT/$name" --total-steps 15000 "$@" \
-    > "$OUT/$name.log" 2>&1
+  local resume=()
+  if [ -f "$OUT/$name/resume.pkl" ]; then resume=(--resume); else rm -rf "$OUT/$name"; fi
+  "$APY" bench/authors_train.py --authors "$AUTHORS" --seed "$seed" --out "$OUT/$name" --total-steps 15000 "$@" \
+    "${resume[@]}" >> "$OUT/$name.log" 2>&1
   echo "$name: exit $?"
 }
 

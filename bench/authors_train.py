@@ -1,5 +1,5 @@
 """Train the authors' public DPMD (github mahaitongdae/diffusion_policy_online_rl, package `relax`) on a
-gymnasium task at fastrsm's `smoke` sizes, for the side-by-side bisection of issue 11.
+gymnasium task (default Pendulum-v1 at fastrsm's `smoke` sizes), for the side-by-side runs of issues 11 and 17.
 
 Nothing of the authors' code is copied here: their package is imported from a checkout given with
 `--authors` (never committed to fastrsm). The network and the algorithm are built as their
@@ -16,8 +16,16 @@ Variants (each a *runtime* source patch of their `relax/algorithm/dpmd.py`, chec
 
 Usage (one core, as DESIGN/AUTHORS_CODE.md say for timing):
   taskset -c 1 env XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-    python bench/authors_pendulum.py --authors /path/to/checkout --seed 1 --out runs/authors-s1 [--fix-precedence]
+    python bench/authors_train.py --authors /path/to/checkout --seed 1 --out runs/authors-s1 [--fix-precedence]
 Writes OUT/eval.csv (step, return_mean, return_std, alpha, weights statistics) and OUT/summary.json.
+
+Resumable: after every evaluation, and on SIGTERM/SIGINT (at the next env step), the whole run state is written
+atomically to OUT/resume.pkl — their train state (`algo.state`), the replay (arrays, pointer, sampling RNG), both
+envs' RNGs, the MuJoCo state of the episode in progress, the counters and the metric accumulators. The same
+command with `--resume` continues from it: eval.csv is cut back to the checkpoint's step, so no row is lost or
+written twice, and the JAX keys are derived from the step number, so a resumed run repeats the uninterrupted
+one (checked on Pendulum-v1: identical eval.csv). A non-MuJoCo env (Pendulum) has its state restored through
+`unwrapped.state`; any other starts a fresh episode at the resume, recorded in summary.json.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ import importlib.util
 import json
 import math
 import os
+import pickle
+import signal
 import sys
 import time
 
@@ -60,7 +70,59 @@ def parse_args(argv=None):
     p.add_argument("--tau", type=float, default=0.005)
     p.add_argument("--fix-precedence", action="store_true")
     p.add_argument("--single-critic-step", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/resume.pkl (same other arguments)")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="checkpoint and exit after this many env steps (as a SIGTERM would; for checking resume)")
     return p.parse_args(argv)
+
+
+RESUMED_ARGS = ("resume", "stop_at", "total_steps")  # may differ between a run and its resume
+
+
+def time_limit(env):
+    """The TimeLimit wrapper inside `env` (gymnasium 1.x wrappers do not forward private attributes), or None."""
+    while env is not None:
+        if hasattr(env, "_elapsed_steps"):
+            return env
+        env = getattr(env, "env", None)
+    return None
+
+
+def env_state(env) -> dict:
+    """What continues the episode in progress: MuJoCo's qpos/qvel (or a classic-control `state`), the time
+    limit's step count and the env's RNG."""
+    u = env.unwrapped
+    tl = time_limit(env)
+    out = {"np_random": u.np_random.bit_generator.state, "elapsed": None if tl is None else tl._elapsed_steps}
+    if hasattr(u, "set_state") and hasattr(u, "data"):
+        out["mujoco"] = (u.data.qpos.copy(), u.data.qvel.copy())
+    elif hasattr(u, "state"):
+        out["state"] = pickle.loads(pickle.dumps(u.state))
+    return out
+
+
+def restore_env_state(env, st: dict) -> bool:
+    """Put `env_state`'s output back into an env that was reset; False if the episode could not be restored."""
+    u = env.unwrapped
+    u.np_random.bit_generator.state = st["np_random"]
+    if st["elapsed"] is not None:
+        time_limit(env)._elapsed_steps = st["elapsed"]
+    if "mujoco" in st:
+        u.set_state(*st["mujoco"])
+    elif "state" in st:
+        u.state = st["state"]
+    else:
+        return False
+    return True
+
+
+def save_atomic(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 PRECEDENCE_OLD = "q_min - running_mean / running_std"
@@ -101,8 +163,26 @@ def load_dpmd_module(authors: str, fix_precedence: bool, single_critic_step: boo
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    dpmd_mod = load_dpmd_module(args.authors, args.fix_precedence, args.single_critic_step)  # before unpickling
+    ckpt_path = os.path.join(args.out, "resume.pkl")
+    ckpt = None
+    if args.resume:
+        if not os.path.isfile(ckpt_path):
+            print(f"authors_train: --resume: no {ckpt_path} (start without --resume)", file=sys.stderr)
+            return 2
+        with open(ckpt_path, "rb") as fh:
+            ckpt = pickle.load(fh)
+        before = {k: v for k, v in ckpt["args"].items() if k not in RESUMED_ARGS}
+        now = {k: v for k, v in vars(args).items() if k not in RESUMED_ARGS}
+        if before != now:
+            diff = {k: (before.get(k), now.get(k)) for k in set(before) | set(now) if before.get(k) != now.get(k)}
+            print(f"authors_train: --resume with other settings than the run's: {diff}", file=sys.stderr)
+            return 2
+    elif os.path.exists(os.path.join(args.out, "eval.csv")):
+        print(f"authors_train: {args.out} already holds a run; resume it with --resume or choose another --out",
+              file=sys.stderr)
+        return 2
     os.makedirs(args.out, exist_ok=True)
-    dpmd_mod = load_dpmd_module(args.authors, args.fix_precedence, args.single_critic_step)
 
     import gymnasium as gym
     import jax
@@ -181,16 +261,74 @@ def main(argv=None) -> int:
 
     fields = ["step", "updates", "return_mean", "return_std", "alpha", "q_weights_mean", "q_weights_std",
               "scale_q_std", "running_q_mean", "running_q_std", "q1_mean", "wall_time"]
-    f = open(os.path.join(args.out, "eval.csv"), "w", newline="")
-    w = csv.DictWriter(f, fieldnames=fields)
-    w.writeheader()
+    csv_path = os.path.join(args.out, "eval.csv")
     best, best_step = -math.inf, 0
     acc: dict[str, list[float]] = {}
-    t0 = time.perf_counter()
+    last: dict = {}
     obs, _ = env.reset()
     step = updates = 0
     next_eval = args.eval_every
+    elapsed, fresh_episodes = 0.0, []
+    if ckpt is None:
+        f = open(csv_path, "w", newline="")
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+    else:  # the checkpoint's rows only: a row written after it (killed before the next save) is dropped
+        with open(csv_path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= ckpt["step"]]
+        tmp = csv_path + ".tmp"
+        with open(tmp, "w", newline="") as fh:
+            wr = csv.DictWriter(fh, fieldnames=fields)
+            wr.writeheader()
+            wr.writerows(rows)
+        os.replace(tmp, csv_path)
+        f = open(csv_path, "a", newline="")
+        w = csv.DictWriter(f, fieldnames=fields)
+        algo.state = jax.device_put(ckpt["algo_state"])
+        buf = ckpt["buffer"]
+        for dst, src in zip(buffer.buffers, buf["buffers"]):
+            dst[: buf["len"]] = src
+        buffer.len, buffer.ptr, buffer.rng.bit_generator.state = buf["len"], buf["ptr"], buf["rng"]
+        env.action_space.np_random.bit_generator.state = ckpt["action_space_rng"]
+        obs = ckpt["obs"]
+        if not restore_env_state(env, ckpt["env"]):
+            obs, _ = env.reset()
+            fresh_episodes = [*ckpt["fresh_episodes"], ckpt["step"]]
+        else:
+            fresh_episodes = list(ckpt["fresh_episodes"])
+        restore_env_state(eval_env, ckpt["eval_env"])
+        step, updates, next_eval = ckpt["step"], ckpt["updates"], ckpt["next_eval"]
+        best, best_step, acc, last = ckpt["best"], ckpt["best_step"], ckpt["acc"], ckpt["last"]
+        elapsed = ckpt["elapsed"]
+        print(f"authors_train: resumed at env step {step} from {ckpt_path}", flush=True)
+
+    def save() -> None:
+        # the replay up to its fill (at most the run's env steps), not the 1e6-row arrays
+        buf = {"buffers": [b[: buffer.len].copy() for b in buffer.buffers], "len": buffer.len, "ptr": buffer.ptr,
+               "rng": buffer.rng.bit_generator.state}
+        save_atomic(ckpt_path, {
+            "args": vars(args), "step": step, "updates": updates, "next_eval": next_eval, "best": best,
+            "best_step": best_step, "acc": acc, "last": last, "elapsed": elapsed + time.perf_counter() - t0,
+            "algo_state": jax.device_get(algo.state), "buffer": buf, "obs": obs, "env": env_state(env),
+            "eval_env": env_state(eval_env), "action_space_rng": env.action_space.np_random.bit_generator.state,
+            "fresh_episodes": fresh_episodes})
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    t0 = time.perf_counter()
     while step < args.total_steps:
+        if stop["signal"] or (args.stop_at is not None and step >= args.stop_at):
+            save()
+            f.close()
+            why = stop["signal"] or f"--stop-at {args.stop_at}"
+            print(f"authors_train: stopped ({why}) at env step {step}; continue with the same command and --resume",
+                  flush=True)
+            return 0 if stop["signal"] is None else 128 + int(getattr(signal, stop["signal"]))
         if len(buffer) < args.warmup:
             action = env.action_space.sample()
         else:
@@ -210,7 +348,7 @@ def main(argv=None) -> int:
             next_eval += args.eval_every
             rets = evaluate()
             row = {"step": step, "updates": updates, "return_mean": float(np.mean(rets)),
-                   "return_std": float(np.std(rets)), "wall_time": round(time.perf_counter() - t0, 1)}
+                   "return_std": float(np.std(rets)), "wall_time": round(elapsed + time.perf_counter() - t0, 1)}
             if updates:
                 row.update({k: float(np.mean(v)) for k, v in acc.items()})
                 row.update({k: last[k] for k in ("alpha", "running_q_mean", "running_q_std")})
@@ -221,11 +359,14 @@ def main(argv=None) -> int:
                   flush=True)
             if row["return_mean"] > best:
                 best, best_step = row["return_mean"], step
+            save()  # after the row: a resume from here neither repeats nor loses it
     f.close()
-    summary = {"best_return": best, "best_step": best_step, "wall_time": time.perf_counter() - t0,
-               "args": vars(args)}
-    with open(os.path.join(args.out, "summary.json"), "w") as g:
+    summary = {"best_return": best, "best_step": best_step, "wall_time": elapsed + time.perf_counter() - t0,
+               "env_steps": step, "fresh_episodes_at_resume": fresh_episodes, "args": vars(args)}
+    tmp = os.path.join(args.out, "summary.json.tmp")
+    with open(tmp, "w") as g:
         json.dump(summary, g, indent=1)
+    os.replace(tmp, os.path.join(args.out, "summary.json"))
     return 0
 
 
