@@ -68,10 +68,10 @@ def _compare(algo: str, seeds: int | None) -> None:
 
 
 @pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"), reason="torch < 2.12 breaks at backward")
-@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac"])
+@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac", "dacer", "dacer2"])
 def test_every_update_is_one_graph(algo):
     """backward, the optimiser steps and the target/EMA updates trace into one graph per update: a graph break
-    (Optimizer.step or zero_grad back in an agent, a no_param_grads around the critic) costs its per-graph
+    (Optimizer.step or zero_grad back in an agent, a requires_grad toggled on the critic) costs its per-graph
     overhead on every update, as large as the chain itself at smoke sizes (bench/RESULTS.md)."""
     from fastrsm.compiled import _TRACE_BACKWARD
 

@@ -10,10 +10,8 @@ periodic step overrides `parts_for` (and `update_step`); graphs.py needs no chan
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -34,19 +32,6 @@ Parts = tuple[str, ...]
 def polyak(target: nn.Module, source: nn.Module, tau: float) -> None:
     with torch.no_grad():
         torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
-
-
-@contextlib.contextmanager
-def no_param_grads(module: nn.Module) -> Iterator[None]:
-    """Differentiate through `module` (to its inputs) without computing its weights' gradients."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

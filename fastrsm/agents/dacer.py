@@ -36,14 +36,11 @@ from ..gmm import gmm_entropy, sklearn_gmm_entropy
 from ..losses import alpha_loss, dsac_critic_loss, dsac_std_ema, dsac_targets
 from ..nets import DistributionalTwinQ
 from ..replay import Batch
-from .base import Agent, Parts, frozen_copy, gradient_step, make_adam, no_param_grads
+from .base import Agent, Parts, frozen_copy, gradient_step, make_adam
 
 
 class DACER(Agent):
     algo = "dacer"
-    # traced into one graph, DACER2's update (its ∂Q/∂a by autograd.grad inside the policy loss) drifted from eager
-    # by up to 1.5 % in four updates (tests/test_compiled.py); the DACER family keeps the graph breaks at backward()
-    trace_backward = False
     supports_seeds = False  # its distributional critic and GMM entropy fit have no seed axis yet
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
@@ -131,13 +128,15 @@ class DACER(Agent):
     def policy_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x_T, noise = self.chain_inputs(obs.shape[0])
         a = self.add_noise(self.diff_chain(obs, x_T, noise))
-        with no_param_grads(self.critic):  # only ∂Q/∂a flows back into the chain
-            q = self.critic.min_q(obs, a)
-        return -q.mean(), {}
+        return -self.critic.min_q(obs, a).mean(), {}
 
     def policy_step(self, batch: Batch, reuse: None) -> dict[str, torch.Tensor]:
         loss, metrics = self.policy_loss(batch.obs)
-        gradient_step(self.opt_pi, loss)
+        # ∂Q/∂a flows back into the chain, and backward stops at the policy's weights (the critic's get no
+        # gradient). Not by switching off the critic's requires_grad: traced into one graph (torch.compile with
+        # the backward traced, fastrsm.compiled) that toggling left the policy with no gradient at all, so its
+        # weights did not move (measured on DACER2, session 8); backward(inputs=...) traces as eager runs.
+        gradient_step(self.opt_pi, loss, inputs=list(self.policy.parameters()))
         return {"loss_pi": loss.detach(), **metrics}
 
     def alpha_step(self) -> dict[str, torch.Tensor]:

@@ -27,7 +27,6 @@ import torch
 
 from ..diffusion import q_sample
 from ..kernels.reference import reverse_step
-from .base import no_param_grads
 from .dacer import DACER
 
 
@@ -67,8 +66,7 @@ class DACER2(DACER):
         x_T, noise = self.chain_inputs(B)
         x0, a_steps = self.chain_with_steps(obs, x_T, noise)
         a = self.add_noise(x0)
-        with no_param_grads(self.critic):
-            loss_q = -self.critic.min_q(obs, a).mean()
+        loss_q = -self.critic.min_q(obs, a).mean()  # backward stops at the policy's weights (DACER.policy_step)
         # the points of the field, one row per (step, state)
         idx = torch.arange(T, device=obs.device).repeat_interleave(B)  # [T·B] step index i
         if cfg.dacer2_grad_at == "forward":
@@ -77,7 +75,7 @@ class DACER2(DACER):
         else:
             a_t = a_steps.detach().reshape(T * B, self.act_dim)
         s_rep = obs.repeat(T, 1)
-        with torch.enable_grad(), no_param_grads(self.critic):
+        with torch.enable_grad():  # ∂Q/∂a at the field's points only: autograd.grad leaves the weights' grads be
             a_q = a_t.clamp(-1.0, 1.0).requires_grad_(True)
             (grad_q,) = torch.autograd.grad(self.critic.min_q(s_rep, a_q).sum(), a_q)
         target = q_field_target(grad_q, temporal_weight(idx + 1, cfg.dacer2_w_slope, cfg.dacer2_w_bias),
