@@ -24,8 +24,9 @@ atomically to OUT/resume.pkl — their train state (`algo.state`), the replay (a
 envs' RNGs, the MuJoCo state of the episode in progress, the counters and the metric accumulators. The same
 command with `--resume` continues from it: eval.csv is cut back to the checkpoint's step, so no row is lost or
 written twice, and the JAX keys are derived from the step number, so a resumed run repeats the uninterrupted
-one (checked on Pendulum-v1: identical eval.csv). A non-MuJoCo env (Pendulum) has its state restored through
-`unwrapped.state`; any other starts a fresh episode at the resume, recorded in summary.json.
+one (checked: Pendulum-v1 stopped by --stop-at, Hopper-v4 by a SIGTERM mid-episode; identical eval.csv). A
+non-MuJoCo env (Pendulum) has its state restored through `unwrapped.state`; any other starts a fresh episode at
+the resume, recorded in summary.json.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 OBS_DIM, ACT_DIM = 11, 3
@@ -48,13 +47,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     torch.set_num_threads(1)
+    from fastrsm.bench import fill_random
     from fastrsm.replay import ReplayBuffer
 
-    rng = np.random.default_rng(0)
-    n = 4096
-    rb = ReplayBuffer(n, OBS_DIM, ACT_DIM, "cpu", 256)
-    rb.add(rng.standard_normal((n, OBS_DIM)), rng.uniform(-1, 1, (n, ACT_DIM)), rng.standard_normal(n),
-           rng.standard_normal((n, OBS_DIM)), rng.random(n) < 0.01)
+    rb = ReplayBuffer(4096, OBS_DIM, ACT_DIM, "cpu", 256)
+    fill_random(rb, 4096, 0)
     print(f"torch {torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}; ms per update, median of "
           f"{a.rounds} rounds of {a.updates}\n")
     print("| algo | one graph | graph breaks | breaks / one graph |\n|---|---:|---:|---:|")
