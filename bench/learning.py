@@ -12,8 +12,9 @@ DACER2, which have no multi-seed path, run one `fastrsm-train --seed K` process 
 TASK__ALGO__seedK). `--jobs` processes run at a time, one torch thread each. The campaign survives being stopped
 at any point: a finished run (summary.json status "finished" or "diverged") is skipped, an unfinished one
 continues with `fastrsm-train --resume` from its latest checkpoint (the trainer truncates eval.csv/train.csv to
-that checkpoint, so no evaluation row is lost or written twice), a missing one starts. SIGINT/SIGTERM reach the
-trainers, which checkpoint and stop.
+that checkpoint, so no evaluation row is lost or written twice), a missing one starts. An explicit `--steps`
+extends: an existing run, finished or not, resumes to that budget (`--set total_steps=...` on the resume; without
+`--steps` a resumed run keeps its own). SIGINT/SIGTERM reach the trainers, which checkpoint and stop.
 
 After training, each seed's best checkpoint is evaluated again through the public `fastrsm.evaluate_policy`, once
 with the run's best-of-N and once with N = 1 (the diffusion policy acting alone), on the same evaluation episodes;
@@ -63,6 +64,7 @@ class Trial:
     seeds: tuple[int, ...]
     out: Path
     single: bool = False  # one seed in a plain run dir (fastrsm-train --seed), not a --seeds group
+    extend: bool = False  # --steps was given: an existing run resumes to settings["total_steps"], even a finished one
     proc: subprocess.Popen | None = field(default=None, repr=False)
     started: float = 0.0
 
@@ -85,23 +87,31 @@ class Trial:
     def status(self) -> str:
         """'done' (finished or diverged), 'partial' (has a checkpoint to resume from), 'new' or 'broken'."""
         summary = self.run_dir / "summary.json"
+        resumable = (self.single or (self.run_dir / "group.json").is_file()) and all(
+            (self.seed_dir(s) / "checkpoints" / "latest.pt").is_file() for s in self.seeds)
         if summary.is_file():
             try:
-                if json.loads(summary.read_text()).get("status") in DONE_STATES:
-                    return "done"
+                info = json.loads(summary.read_text())
             except (OSError, json.JSONDecodeError):
-                pass
+                info = {}
+            if info.get("status") in DONE_STATES:
+                # a finished run that a larger --steps asks to extend continues from its last checkpoint
+                done_steps = info.get("env_steps_per_seed", info.get("env_steps", 0))
+                short = (self.extend and info.get("status") == "finished" and resumable
+                         and done_steps < self.settings["total_steps"])
+                return "partial" if short else "done"
         if not self.run_dir.exists():
             return "new"
-        if (self.single or (self.run_dir / "group.json").is_file()) and all(
-                (self.seed_dir(s) / "checkpoints" / "latest.pt").is_file() for s in self.seeds):
+        if resumable:
             return "partial"
         return "broken"  # stopped before its first checkpoint: nothing to resume, so it starts again
 
     def command(self) -> list[str]:
         train = [sys.executable, "-m", "fastrsm.train"]
         if self.status() == "partial":
-            return [*train, "--resume", str(self.run_dir), "--quiet"]
+            # a resumed run keeps its own budget unless --steps names another (the run's other settings are its own)
+            budget = ["--set", f"total_steps={self.settings['total_steps']}"] if self.extend else []
+            return [*train, "--resume", str(self.run_dir), "--quiet", *budget]
         sets = [x for k, v in self.settings.items() for x in ("--set", f"{k}={v}")]
         seeds = ["--seed", str(self.seeds[0])] if self.single else ["--seeds", ",".join(map(str, self.seeds))]
         return [*train, "--env", self.env, "--algo", self.algo, "--preset", PRESET, "--device", "cpu",
@@ -119,9 +129,9 @@ def make_trials(out: Path, algos: list[str], tasks: list[str], with_dacer: bool,
             settings = {**TASKS[env], **(TINY if tiny else {}), **({"total_steps": steps} if steps else {}),
                         **(overrides or {})}
             if algo in SINGLE_SEED_ALGOS:
-                trials += [Trial(env, algo, settings, (s,), out, single=True) for s in seeds]
+                trials += [Trial(env, algo, settings, (s,), out, single=True, extend=bool(steps)) for s in seeds]
             else:
-                trials.append(Trial(env, algo, settings, seeds, out))
+                trials.append(Trial(env, algo, settings, seeds, out, extend=bool(steps)))
     return trials
 
 
@@ -310,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="train nothing; write the report of what exists")
     p.add_argument("--tiny", action="store_true", help="a few hundred steps, 2 seeds: the end-to-end check")
     p.add_argument("--png", default=None, help="curves PNG (default: OUT/curves.png)")
-    p.add_argument("--steps", type=int, default=None, help="env steps of every task (default: each task's budget)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="env steps of every task (default: each task's budget); an existing run, finished or not, "
+                   "is resumed to this many")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2,3; --tiny: 0,1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every run on top of the preset (a variant campaign: give it its own --out)")

@@ -62,6 +62,13 @@ def test_campaign_stops_resumes_and_reports(tmp_path: Path) -> None:
     assert p.returncode == 0 and f"skip {ENV} sac: done" in log, log[-2000:]
     assert (group / "seed_0" / "eval.csv").stat().st_mtime_ns == mtime
 
+    # 3b) a larger --steps extends the finished run from its checkpoint: the old rows kept, the new ones once
+    p = _campaign(out, "--algos", "sac", "--steps", "1500")
+    log = p.communicate(timeout=600)[0]
+    assert p.returncode == 0 and "total_steps=1500" in log, log[-2000:]
+    for s in (0, 1):
+        assert _eval_steps(group / f"seed_{s}") == list(range(150, 1501, 150))
+
     # 4) a diffusion algorithm joins: its N = 1 column is filled, SAC's says n/a; the PNG is written
     p = _campaign(out, "--algos", "sac,dpmd")
     log = p.communicate(timeout=600)[0]
