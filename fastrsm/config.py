@@ -95,6 +95,10 @@ class Config:
     # exp = exp(clip(q_norm)/lambda); softmax = K*softmax_k(clip(q_norm)/lambda) over a state's particles;
     # advantage = the same softmax of clip((q - mean_k q)/std_k q)/lambda (fastrsm/agents/dpmd.py)
     dpmd_weights: str = "exp"
+    # softmax/advantage only: weigh the particles with the exploration noise added (and their Q under the critic
+    # just updated) instead of the bare chain samples, so the candidates of one state differ by more than the
+    # critic's noise (bench/LEARNING.md, Hopper: the bare particles are 0.04 apart)
+    dpmd_particle_noise: bool = False
     q_norm_rate: float = 0.001
     q_clip: float = 3.0
     q_norm_eps: float = 0.0  # (Q − m)/(σ + eps); FlowRL adds 1e-6
@@ -150,6 +154,9 @@ class Config:
                  f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         need(self.dpmd_weights in DPMD_WEIGHTS,
              f"unknown dpmd_weights {self.dpmd_weights!r}; choose one of {', '.join(DPMD_WEIGHTS)}")
+        need(not self.dpmd_particle_noise or self.dpmd_weights in ("softmax", "advantage"),
+             "dpmd-particle-noise weighs a state's particles: it needs dpmd-weights softmax or advantage, "
+             f"not {self.dpmd_weights!r}")
         for name in ("total_steps", "num_envs", "batch_size", "buffer_size", "hidden", "layers", "time_dim",
                      "diffusion_steps", "particles", "reverse_samples", "eval_episodes", "policy_delay",
                      "sac_policy_delay", "alpha_every", "eval_every", "log_every"):

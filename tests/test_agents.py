@@ -66,3 +66,26 @@ def test_triton_backend_update_matches_torch(algo, over):
     torch.manual_seed(2)
     a_tri = tri.act(torch.randn(3, S))
     torch.testing.assert_close(a_tri, a_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_dpmd_particle_noise_weighs_the_noisy_particles_under_the_updated_critic():
+    agent, rb = _setup("dpmd", "torch", dpmd_weights="advantage", dpmd_particle_noise=True, explore_std=0.3)
+    batch = rb.sample()
+    torch.manual_seed(3)
+    _, bare = agent.next_action_value(batch.next_obs)  # the bootstrap's draw, replayed with the same RNG below
+    torch.manual_seed(3)
+    _, reuse = agent.critic_step(batch)
+    noisy = reuse.drawn.particles
+    assert noisy.shape == bare.particles.shape and noisy.abs().max() <= 1
+    # the noise is 0.3·α per coordinate: the candidates moved by about that, not by zero
+    moved = (noisy - bare.particles).std().item()
+    assert 0.5 * 0.3 * agent.alpha.item() < moved < 1.5 * 0.3 * agent.alpha.item()
+    obs = batch.next_obs.unsqueeze(-2).expand(*noisy.shape[:-1], batch.next_obs.shape[-1])
+    torch.testing.assert_close(reuse.drawn.q_particles, agent.critic.min_q(obs, noisy))
+    loss, _ = agent.policy_loss(batch, reuse)
+    assert torch.isfinite(loss)
+
+
+def test_dpmd_particle_noise_needs_per_state_weights():
+    with pytest.raises(ValueError, match="dpmd-particle-noise"):
+        make_config("smoke", {"algo": "dpmd", "dpmd_particle_noise": True})

@@ -105,7 +105,8 @@ def _assert_tree_close(got, want, exact: bool = False, path: str = ""):
 CASES = [("dpmd", {}), ("dpmd", {"dpmd_weights": "softmax"}), ("dpmd", {"dpmd_weights": "advantage"}), ("sdac", {}),
          ("sac", {})]
 # the triton backend under the interpreter (tests/conftest.py); SAC has no fused kernel
-BACKEND_CASES = [("torch", a, o) for a, o in CASES] + [("triton", a, o) for a, o in CASES if a != "sac"]
+BACKEND_CASES = [("torch", a, o) for a, o in CASES] + [("triton", a, o) for a, o in CASES if a != "sac"] + [
+    ("torch", "dpmd", {"dpmd_weights": "advantage", "dpmd_particle_noise": True})]
 
 
 @pytest.mark.parametrize("backend, algo, over", BACKEND_CASES)

@@ -8,7 +8,9 @@ w = N·softmax_k(clip((Q − m)/σ, −3, 3)/λ) instead: normalised by the same
 Q scales (hundreds) puts all the weight on the argmax particle. `dpmd_weights=advantage` (not the paper's) takes
 the same per-state softmax over the particles' advantage in their own state's units, clip((Q − mean_k Q)/std_k Q)
 /λ: the batch statistics σ are dominated by differences between states, so with them the particles of one state
-get nearly equal weights (bench/LEARNING.md, Hopper)."""
+get nearly equal weights (bench/LEARNING.md, Hopper). `dpmd_particle_noise` (with softmax or advantage) adds the
+exploration noise to the particles before they are weighed, and scores them with the critic just updated: the
+weights then compare actions that differ by the noise (0.1·α), not by the policy's own spread alone."""
 
 from __future__ import annotations
 
@@ -66,6 +68,12 @@ class DPMD(DiffusionAgent):
         metrics, drawn = super().critic_step(batch)
         with torch.no_grad():  # Q of the (noisy) a' under the critic just updated; statistics on every update
             q = self.critic.min_q(batch.next_obs, drawn.action)
+            if self.cfg.dpmd_particle_noise:  # π_old as the behaviour that acts: the chain's draws plus the noise
+                cand = drawn.particles
+                std = self.per_seed(self.cfg.explore_std * self.alpha, cand)
+                noisy = (cand + std * torch.randn_like(cand)).clamp(-1.0, 1.0)
+                obs = batch.next_obs.unsqueeze(-2).expand(*cand.shape[:-1], batch.next_obs.shape[-1])
+                drawn = drawn._replace(particles=noisy, q_particles=self.critic.min_q(obs, noisy))
             mean, std = self.q_stats.mean.clone(), self.q_stats.std.clone()
             self.q_stats.update(q)
         metrics["q_run_mean"] = self.q_stats.mean.clone()
