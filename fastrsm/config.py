@@ -279,8 +279,9 @@ PRESET_ALGO: dict[str, dict[str, dict[str, Any]]] = {
 
 # Notes shown beside a setting in `fastrsm-train --help`.
 FIELD_HELP: dict[str, str] = {
-    "schedule": "linear, cosine or vp; the authors' training script always runs linear (it never forwards the "
-                "option); their cosine β are scaled by beta-scale, as here",
+    "schedule": "linear, cosine, vp or geometric; the authors' training script always runs linear (it never "
+                "forwards the option); their cosine β are scaled by beta-scale, as here; geometric (not the "
+                "paper's) spaces the noise levels geometrically so that few steps keep the policy's spread",
     "alpha_every": "gradient updates between α steps (the authors test step %% 250)",
     "learn_alpha": "false: a fixed temperature α = alpha-init (FlowRL)",
     "lr_decay_start": "policy-optimiser steps (optax counts its own updates)",

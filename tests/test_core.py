@@ -27,7 +27,7 @@ from fastrsm.losses import (
 from fastrsm.nets import EpsilonNet, GaussianActor, TwinQ, sinusoidal_embedding
 
 
-@pytest.mark.parametrize("kind", ["linear", "cosine", "vp"])
+@pytest.mark.parametrize("kind", ["linear", "cosine", "vp", "geometric"])
 @pytest.mark.parametrize("T", [1, 5, 20, 100])
 def test_schedule_identities(kind, T):
     s = Schedule.build(kind, T, 0.8)
@@ -49,6 +49,14 @@ def test_linear_schedule_is_the_authors_ramp():
     torch.testing.assert_close(b, 0.8 * torch.linspace(1e-4, 0.999, 20, dtype=torch.float64))
     with pytest.raises(ValueError, match="unknown schedule"):
         make_betas("quadratic", 10)
+
+
+def test_geometric_schedule_spaces_the_noise_levels_geometrically():
+    s = Schedule.build("geometric", 10, 0.8)
+    levels = s.sqrt_1m_abar.double()
+    torch.testing.assert_close(levels[[0, -1]], torch.tensor([0.01, 0.999], dtype=torch.float64), rtol=1e-4, atol=0)
+    ratios = levels[1:] / levels[:-1]
+    torch.testing.assert_close(ratios, torch.full_like(ratios, 99.9 ** (1 / 9)), rtol=1e-4, atol=0)
 
 
 def test_q_sample_moments():

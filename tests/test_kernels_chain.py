@@ -62,7 +62,7 @@ def test_chain_matches_reference(S, A, H, layers, T, B, N):
     assert out.abs().max() <= 1.0
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "vp"])
+@pytest.mark.parametrize("schedule", ["cosine", "vp", "geometric"])
 def test_chain_schedules(schedule):
     pol = make_policy(6, 3, 32, 2, 5, schedule=schedule)
     out, ref = run_both(pol, 2, 3)
