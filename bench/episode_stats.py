@@ -1,0 +1,99 @@
+"""What a trained policy does in an episode: its return, how long it lasts, how far it goes and how fast.
+
+A diagnostic for bench/LEARNING.md. On Hopper-v4 the return alone does not tell a standing hopper from a hopping
+one (≈ 1 per step alive: standing still for the 1 000-step limit scores ≈ 1 000, as does a lunge that covers a few
+metres in 300 steps). For each seed of a run (a --seeds group dir or a single run dir) this plays `--episodes`
+episodes with the run's own acting rule (`fastrsm.load_policy`: best-of-N for DPMD/SDAC, the mean for SAC) and
+prints, per episode, the return, the length in steps, the distance the body moved forward (MuJoCo qpos[0]) and the
+mean forward speed (distance / simulated time); the last two read "n/a" for an env without a MuJoCo body.
+
+    python bench/episode_stats.py runs/hopper-150k/Hopper-v4__dpmd runs/hopper-150k/Hopper-v4__sac --checkpoint best
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastrsm.policy import load_policy
+from fastrsm.utils import UsageError
+
+
+def seed_dirs(run: Path) -> list[Path]:
+    if (run / "group.json").is_file():
+        return sorted(p for p in run.iterdir() if p.is_dir() and p.name.startswith("seed_"))
+    return [run]
+
+
+def play(seed_dir: Path, checkpoint: str, episodes: int, seed: int, particles: int | None = None) -> list[dict]:
+    """Play `episodes` episodes (env seeds seed, seed + 1, …) with the checkpoint's policy."""
+    import gymnasium as gym
+
+    policy = load_policy(str(seed_dir), checkpoint=checkpoint, particles=particles, seed=seed, backend="torch")
+    env = gym.make(policy.env_id)
+    body = getattr(env.unwrapped, "data", None)
+    dt = getattr(env.unwrapped, "dt", None)
+    out = []
+    try:
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=seed + ep)
+            x0 = float(body.qpos[0]) if body is not None else None
+            ret, steps, done = 0.0, 0, False
+            while not done:
+                obs, reward, term, trunc, _ = env.step(np.asarray(policy.act(obs), dtype=np.float64).reshape(-1))
+                ret, steps, done = ret + float(reward), steps + 1, term or trunc
+            dist = float(body.qpos[0]) - x0 if body is not None else None
+            speed = dist / (steps * dt) if dist is not None and dt else None
+            out.append({"return": ret, "length": steps, "distance": dist, "speed": speed})
+    finally:
+        env.close()
+    return out
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--checkpoint", default="best", choices=("latest", "best"))
+    p.add_argument("--episodes", type=int, default=3)
+    p.add_argument("--particles", type=int, default=None, help="best-of-N (default: the run's; 1 = the policy alone)")
+    p.add_argument("--seed", type=int, default=100, help="env seed of the first episode")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    a = p.parse_args(argv)
+    if a.episodes < 1:
+        p.error("--episodes must be >= 1")
+    torch.set_num_threads(1)
+    rows = []
+    print("| run | seed | episode | return | length | distance (m) | speed (m/s) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for run in a.runs:
+        if not run.is_dir():
+            print(f"episode_stats: {run} is not a run directory", file=sys.stderr)
+            return 2
+        for sd in seed_dirs(run):
+            try:
+                eps = play(sd, a.checkpoint, a.episodes, a.seed, a.particles)
+            except UsageError as e:
+                print(f"episode_stats: {e}", file=sys.stderr)
+                return 2
+            for i, e in enumerate(eps):
+                rows.append({"run": str(run), "seed_dir": sd.name, "checkpoint": a.checkpoint, "episode": i, **e})
+                print(f"| {run.name} | {sd.name} | {i} | {e['return']:.0f} | {e['length']} | "
+                      f"{_fmt(e['distance'], '.2f')} | {_fmt(e['speed'], '.2f')} |", flush=True)
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
