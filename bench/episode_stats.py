@@ -20,15 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from policy_spread import seed_dirs  # a run's seed directories (bench/ is this script's own directory)
 
 from fastrsm.policy import load_policy
 from fastrsm.utils import UsageError
-
-
-def seed_dirs(run: Path) -> list[Path]:
-    if (run / "group.json").is_file():
-        return sorted(p for p in run.iterdir() if p.is_dir() and p.name.startswith("seed_"))
-    return [run]
 
 
 def play(seed_dir: Path, checkpoint: str, episodes: int, seed: int, particles: int | None = None) -> list[dict]:

@@ -70,8 +70,8 @@ class DPMD(DiffusionAgent):
             q = self.critic.min_q(batch.next_obs, drawn.action)
             if self.cfg.dpmd_particle_noise:  # π_old as the behaviour that acts: the chain's draws plus the noise
                 cand = drawn.particles
-                std = self.per_seed(self.cfg.explore_std * self.alpha, cand)
-                noisy = (cand + std * torch.randn_like(cand)).clamp(-1.0, 1.0)
+                noise_std = self.per_seed(self.cfg.explore_std * self.alpha, cand)
+                noisy = (cand + noise_std * torch.randn_like(cand)).clamp(-1.0, 1.0)
                 obs = batch.next_obs.unsqueeze(-2).expand(*cand.shape[:-1], batch.next_obs.shape[-1])
                 drawn = drawn._replace(particles=noisy, q_particles=self.critic.min_q(obs, noisy))
             mean, std = self.q_stats.mean.clone(), self.q_stats.std.clone()
