@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from policy_spread import seed_dirs  # a run's seed directories (bench/ is this script's own directory)
 
+from fastrsm.group import seed_dirs
 from fastrsm.policy import load_policy
 from fastrsm.utils import UsageError
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if not run.is_dir():
             print(f"episode_stats: {run} is not a run directory", file=sys.stderr)
             return 2
-        for sd in seed_dirs(run):
+        for sd in map(Path, seed_dirs(str(run))):
             try:
                 eps = play(sd, a.checkpoint, a.episodes, a.seed, a.particles)
             except UsageError as e:

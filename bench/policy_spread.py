@@ -27,14 +27,9 @@ from pathlib import Path
 
 import torch
 
-from fastrsm.policy import load_policy
+from fastrsm.group import seed_dirs
+from fastrsm.policy import checkpoint_path, load_policy
 from fastrsm.runlog import load_checkpoint
-
-
-def seed_dirs(run: Path) -> list[Path]:
-    if (run / "group.json").is_file():
-        return sorted(p for p in run.iterdir() if p.is_dir() and p.name.startswith("seed_"))
-    return [run]
 
 
 @torch.inference_mode()
@@ -56,7 +51,10 @@ def measure(seed_dir: Path, checkpoint: str, states: int, draws: int, seed: int)
         a = agent.act(rep, explore=True).view(states, draws, -1)
         noise, e = float("nan"), a
     q = agent.critic.min_q(rep, e.reshape(states * draws, -1)).view(states, draws)
-    return {"spread": a.std(1).mean().item(), "noise": noise, "explore": e.std(1).mean().item(),
+    # The env step of the checkpoint measured: `best` records the evaluation's step, `latest` its loop state.
+    step = ckpt["loop"]["env_steps"] if checkpoint == "latest" else load_checkpoint(
+        checkpoint_path(str(seed_dir), checkpoint)).get("step")
+    return {"step": step, "spread": a.std(1).mean().item(), "noise": noise, "explore": e.std(1).mean().item(),
             "bound": (a.abs() >= 0.99).float().mean().item(), "q_between": q.mean(1).std().item(),
             "q_within": q.std(1).mean().item()}
 
@@ -79,12 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         if not run.is_dir():
             print(f"policy_spread: {run} is not a run directory", file=sys.stderr)
             return 2
-        for sd in seed_dirs(run):
+        for sd in map(Path, seed_dirs(str(run))):
             m = measure(sd, a.checkpoint, a.states, a.draws, a.seed)
-            summary = json.loads((sd / "summary.json").read_text()) if (sd / "summary.json").is_file() else {}
-            step = summary.get("env_steps", summary.get("step", "?"))
-            rows.append({"run": str(run), "seed_dir": sd.name, "checkpoint": a.checkpoint, "step": step, **m})
-            print(f"| {run.name} | {sd.name} | {step} | {m['spread']:.3f} | {m['noise']:.3f} | {m['explore']:.3f} "
+            rows.append({"run": str(run), "seed_dir": sd.name, "checkpoint": a.checkpoint, **m})
+            print(f"| {run.name} | {sd.name} | {m['step']} | {m['spread']:.3f} | {m['noise']:.3f} | {m['explore']:.3f} "
                   f"| {m['bound']:.0%} | {m['q_between']:.2f} | {m['q_within']:.3f} |", flush=True)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))

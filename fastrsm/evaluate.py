@@ -5,7 +5,6 @@ the deterministic policy: best-of-N from the EMA diffusion policy without added 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -15,6 +14,7 @@ import torch
 from .cli import OneLineParser, run_main
 from .config import Config, field_names, make_config
 from .envs import evaluate_episodes, make_vec_env
+from .group import is_group_dir, seed_dirs
 from .policy import checkpoint_path, load_policy
 from .runlog import read_config
 from .utils import UsageError, atomic_write_json
@@ -45,12 +45,13 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    group = os.path.join(args.run_dir, "group.json")
-    if os.path.isfile(group):  # a --seeds group: every seed's run directory, then mean ± std over seeds
-        with open(group, encoding="utf-8") as f:
-            seeds = json.load(f)["seeds"]
-        means = [_evaluate_run(os.path.join(args.run_dir, f"seed_{s}"), args)["return_mean"] for s in seeds]
-        print(f"group of {len(seeds)} seeds: return {np.mean(means):.1f} ± {np.std(means):.1f} over seeds")
+    if is_group_dir(args.run_dir):  # a --seeds group: every seed's run directory, then mean ± std over seeds
+        try:
+            dirs = seed_dirs(args.run_dir)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        means = [_evaluate_run(d, args)["return_mean"] for d in dirs]
+        print(f"group of {len(dirs)} seeds: return {np.mean(means):.1f} ± {np.std(means):.1f} over seeds")
         return 0
     _evaluate_run(args.run_dir, args)
     return 0

@@ -24,6 +24,7 @@ cross seeds (every op is per seed). The group exits 3 only when every seed has d
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -54,6 +55,26 @@ def seed_dir(group_dir: str, seed: int) -> str:
 
 def is_group_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, GROUP_FILE))
+
+
+def group_seeds(group_dir: str) -> list[int]:
+    """The seeds a group's group.json lists, in its order; ValueError if it is missing or unreadable."""
+    try:
+        with open(os.path.join(group_dir, GROUP_FILE), encoding="utf-8") as f:
+            seeds = json.load(f)["seeds"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{group_dir}: no readable {GROUP_FILE} ({e})") from None
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"{group_dir}: {GROUP_FILE} has no list of integer seeds")
+    return seeds
+
+
+def seed_dirs(path: str) -> list[str]:
+    """A run's per-seed run directories: a group's seed_* directories in group.json's order, or [path] itself
+    for a single-seed run. The one place that knows the layout, for fastrsm-eval, the sweep and bench scripts."""
+    if not is_group_dir(path):
+        return [path]
+    return [seed_dir(path, s) for s in group_seeds(path)]
 
 
 class SeedEnvs:

@@ -36,6 +36,7 @@ from typing import Any
 
 from .cli import EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_OK, EXIT_SIGINT, EXIT_USAGE, OneLineParser, parse_set, run_main
 from .config import field_names, make_config
+from .group import is_group_dir, seed_dirs
 from .seeds import parse_seeds  # the one --seeds grammar, shared with fastrsm-train
 from .sweep_task import run_attempt
 from .utils import UsageError, atomic_write_json, atomic_write_text
@@ -386,13 +387,13 @@ def _has_checkpoint(run_dir: str) -> bool:
     """A run dir with its latest checkpoint, or a multi-seed group (fastrsm.group) whose seeds all have theirs."""
     if os.path.isfile(os.path.join(run_dir, "checkpoints", "latest.pt")):
         return True
-    try:
-        with open(os.path.join(run_dir, "group.json"), encoding="utf-8") as f:
-            seeds = json.load(f)["seeds"]
-    except (OSError, ValueError, KeyError, TypeError):
+    if not is_group_dir(run_dir):
         return False
-    return bool(seeds) and all(os.path.isfile(os.path.join(run_dir, f"seed_{s}", "checkpoints", "latest.pt"))
-                               for s in seeds)
+    try:
+        dirs = seed_dirs(run_dir)
+    except ValueError:  # an unreadable group.json: the run starts afresh rather than resuming a guess
+        return False
+    return bool(dirs) and all(os.path.isfile(os.path.join(d, "checkpoints", "latest.pt")) for d in dirs)
 
 
 def _summary_status(run_dir: str) -> str | None:

@@ -1,7 +1,10 @@
 """Test set-up. Without CUDA, Triton kernels run under the interpreter, which must be chosen before triton is
 imported anywhere (DESIGN.md "Testing without a GPU")."""
 
+import importlib
 import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -33,3 +36,19 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+BENCH = str(Path(__file__).resolve().parents[1] / "bench")
+
+
+@pytest.fixture
+def import_bench():
+    """A bench/ script as a module (`import_bench("learning")`): bench/ is not a package, so it is on sys.path only
+    while the script imports, and a script may import its siblings there."""
+    def load(name: str):
+        sys.path.insert(0, BENCH)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(BENCH)
+    return load

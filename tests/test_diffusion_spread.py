@@ -4,32 +4,19 @@ is refused with a message."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _bench():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import diffusion_spread
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return diffusion_spread
-
-
-def test_a_row_per_case(capsys):
-    assert _bench().main(["--cases", "linear:3,geometric:3", "--sigmas", "0.1", "--steps", "3"]) == 0
+def test_a_row_per_case(capsys, import_bench):
+    bench = import_bench("diffusion_spread")
+    assert bench.main(["--cases", "linear:3,geometric:3", "--sigmas", "0.1", "--steps", "3"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| linear")
             or line.startswith("| geometric")]
     assert len(rows) == 2 and all(len(r.strip("|").split("|")) == 8 for r in rows)
 
 
-def test_measure_reports_the_target_and_a_positive_spread():
-    r = _bench().measure("geometric", 5, 0.3, steps=200)
+def test_measure_reports_the_target_and_a_positive_spread(import_bench):
+    r = import_bench("diffusion_spread").measure("geometric", 5, 0.3, steps=200)
     assert 0.25 < r["target_spread"] < 0.32  # σ = 0.3, a little less after clipping to the box
     assert 0 < r["spread"] < 1 and r["ratio"] == pytest.approx(r["spread"] / 0.3)
     assert r["lowest_levels"][0] == pytest.approx(0.01, rel=1e-3)
@@ -37,7 +24,7 @@ def test_measure_reports_the_target_and_a_positive_spread():
 
 @pytest.mark.parametrize("argv", [["--cases", "quadratic:10"], ["--cases", "linear:x"], ["--sigmas", "a"],
                                   ["--steps", "0"]])
-def test_bad_input_is_refused(argv, capsys):
+def test_bad_input_is_refused(argv, capsys, import_bench):
     with pytest.raises(SystemExit) as e:
-        _bench().main(argv)
+        import_bench("diffusion_spread").main(argv)
     assert e.value.code == 2 and "error" in capsys.readouterr().err

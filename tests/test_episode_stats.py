@@ -4,34 +4,23 @@ and return are those of the episode played, a distance for a MuJoCo body, and a 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from fastrsm.train import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--env", "InvertedPendulum-v4", "--algo", "dpmd", "--preset", "smoke", "--device", "cpu", "--quiet",
         "--total-steps", "200", "--warmup-steps", "100", "--eval-every", "200", "--eval-episodes", "1",
         "--batch-size", "32", "--particles", "4", "--diffusion-steps", "3", "--hidden", "16", "--log-every", "100"]
 
 
-def _stats():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import episode_stats
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return episode_stats
-
-
-def test_episode_rows(tmp_path: Path, capsys) -> None:
+def test_episode_rows(tmp_path: Path, capsys, import_bench) -> None:
     pytest.importorskip("mujoco")
     run = tmp_path / "run"
     assert train_main([*TINY, "--run-dir", str(run)]) == 0
     out = tmp_path / "rows.json"
-    mod = _stats()
+    mod = import_bench("episode_stats")
     assert mod.main([str(run), "--episodes", "2", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert [r["episode"] for r in rows] == [0, 1]

@@ -98,12 +98,8 @@ def test_campaign_stops_resumes_and_reports(tmp_path: Path) -> None:
     assert all(f"| dacer2 | {s} |" in report for s in (0, 1)), report[-2000:]
 
 
-def test_single_seed_algorithms_get_one_run_per_seed(tmp_path: Path) -> None:
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import learning
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+def test_single_seed_algorithms_get_one_run_per_seed(tmp_path: Path, import_bench) -> None:
+    learning = import_bench("learning")
     trials = learning.make_trials(tmp_path, ["sac"], [ENV], with_dacer=True, tiny=False)
     assert [(t.algo, t.seeds) for t in trials] == [
         ("sac", (0, 1, 2, 3)), *[(a, (s,)) for a in ("dacer", "dacer2") for s in (0, 1, 2, 3)]]
@@ -118,12 +114,8 @@ def test_single_seed_algorithms_get_one_run_per_seed(tmp_path: Path) -> None:
     assert dacer_1.status() == "partial" and "--resume" in dacer_1.command()
 
 
-def test_report_goes_between_the_doc_markers(tmp_path: Path) -> None:
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import learning
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+def test_report_goes_between_the_doc_markers(tmp_path: Path, import_bench) -> None:
+    learning = import_bench("learning")
     doc = tmp_path / "doc.md"
     doc.write_text("intro\n<!-- report -->\nold table\n<!-- end report -->\noutro\n")
     learning.put_in_doc(doc, "| new | table |\n")
@@ -140,12 +132,8 @@ def test_campaign_refuses_unknown_task(tmp_path: Path) -> None:
     assert r.returncode == 2 and "tasks must be among" in r.stderr
 
 
-def test_variant_campaign_passes_its_settings_and_keeps_to_them(tmp_path: Path) -> None:
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import learning
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+def test_variant_campaign_passes_its_settings_and_keeps_to_them(tmp_path: Path, import_bench) -> None:
+    learning = import_bench("learning")
     over = learning.parse_overrides(["explore_std=0.25", "learn_alpha=false"])
     trials = learning.make_trials(tmp_path, ["dpmd"], ["Hopper-v4"], False, False, 40_000, (0, 1), over)
     cmd = trials[0].command()

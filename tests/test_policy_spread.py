@@ -6,36 +6,25 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
 from fastrsm.train import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--env", "Pendulum-v1", "--preset", "smoke", "--device", "cpu", "--quiet", "--total-steps", "300",
         "--warmup-steps", "100", "--eval-every", "300", "--eval-episodes", "1", "--batch-size", "32",
         "--particles", "4", "--diffusion-steps", "3", "--hidden", "16", "--log-every", "100", "--reverse-samples", "4"]
 
 
-def _spread():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import policy_spread
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return policy_spread
-
-
-def test_policy_spread_rows(tmp_path: Path) -> None:
+def test_policy_spread_rows(tmp_path: Path, import_bench) -> None:
     runs = {}
     for algo in ("dpmd", "sac"):
         runs[algo] = tmp_path / algo
         assert train_main([*TINY, "--algo", algo, "--run-dir", str(runs[algo]), "--explore-std", "0.2",
                            "--learn-alpha", "false", "--alpha-init", "0.5"]) == 0
     out = tmp_path / "rows.json"
-    mod = _spread()
+    mod = import_bench("policy_spread")
     assert mod.main([str(runs["dpmd"]), str(runs["sac"]), "--states", "8", "--draws", "4", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert [Path(r["run"]).name for r in rows] == ["dpmd", "sac"] and rows[0]["step"] == 300

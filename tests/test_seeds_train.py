@@ -12,7 +12,7 @@ import torch
 
 from fastrsm import cli
 from fastrsm.envs import make_vec_env
-from fastrsm.group import SeedEnvs
+from fastrsm.group import SeedEnvs, seed_dirs
 from fastrsm.loop import env_seed
 from fastrsm.plot import main as plot_main
 from fastrsm.replay import Batch
@@ -71,6 +71,23 @@ def test_group_run_writes_one_ordinary_run_dir_per_seed(tmp_path, capsys):
     assert eval_main([str(g), "--episodes", "2", "--device", "cpu"]) == 0  # the group: every seed, then mean ± std
     assert "group of 2 seeds" in capsys.readouterr().out
     assert (g / "seed_3" / "reeval.json").is_file()
+    assert seed_dirs(str(g)) == [str(g / "seed_3"), str(g / "seed_5")]
+    assert seed_dirs(str(g / "seed_3")) == [str(g / "seed_3")]  # a single-seed run is its own seed directory
+
+
+def test_seed_dirs_follow_group_json_and_a_broken_one_is_refused(tmp_path, capsys):
+    g = tmp_path / "g"
+    g.mkdir()
+    (g / "group.json").write_text(json.dumps({"seeds": [5, 3], "config": {}}))
+    assert seed_dirs(str(g)) == [str(g / "seed_5"), str(g / "seed_3")]  # group.json's order, not the disk's
+    for broken in ("{not json", json.dumps({"config": {}}), json.dumps({"seeds": ["a"]})):
+        (g / "group.json").write_text(broken)
+        with pytest.raises(ValueError, match="group.json"):
+            seed_dirs(str(g))
+    from fastrsm.evaluate import main as eval_main
+    assert eval_main([str(g), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastrsm-eval: error:") and "group.json" in err and len(err.strip().splitlines()) == 1
 
 
 def test_seed_blocks_are_seeded_as_their_single_runs():
