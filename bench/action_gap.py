@@ -10,7 +10,9 @@ the last `--tail` steps, scores with the critic's min Q (the one the agent acts 
 - the best of `--draws` actions of the policy alone (one chain sample each for DPMD/SDAC, the Gaussian for SAC).
 
 Per seed it prints the episode length, whether it ended by termination (a fall) or the time limit, Q(taken) at its
-peak, the gap (best uniform − taken) as mean and max over the marked steps, the mean range of Q over the box
+peak, the gap (best uniform − taken) as mean and max over the marked steps, how far the policy's best draw stays
+below the best uniform action (mean; ≈ 0 when the policy covers the critic's best actions), the mean range of Q
+over the box
 (max − min of the uniform draws), and the warning: how many steps before a fall Q(taken) drops below 80 % of its
 peak for good (blank without a fall; as fine as the marked steps). `--rows` also prints every marked step.
 
@@ -88,8 +90,9 @@ def trace(seed_dir: Path, checkpoint: str, every: int, tail: int, uniform: int, 
         warning = n - min(later) if later else 0
     gaps = np.array([r["q_uniform_max"] - r["q_taken"] for r in rows])
     ranges = np.array([r["q_uniform_max"] - r["q_uniform_min"] for r in rows])
+    short = np.array([r["q_uniform_max"] - r["q_draws_max"] for r in rows])
     return {"length": n, "terminated": bool(terminated), "q_peak": peak, "gap_mean": float(gaps.mean()),
-            "gap_max": float(gaps.max()), "q_range_mean": float(ranges.mean()), "warning_steps": warning,
+            "gap_max": float(gaps.max()), "draws_short_mean": float(short.mean()), "q_range_mean": float(ranges.mean()), "warning_steps": warning,
             "rows": rows}
 
 
@@ -112,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--tail must be >= 0")
     torch.set_num_threads(1)
     out = []
-    print("| run | seed | length | ended by | Q(taken) peak | gap mean | gap max | Q range over the box | "
-          "warning (steps) |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
+    print("| run | seed | length | ended by | Q(taken) peak | gap mean | gap max | "
+          "policy's best draw short by | Q range over the box | warning (steps) |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for run in a.runs:
         if not run.is_dir():
             print(f"action_gap: {run} is not a run directory", file=sys.stderr)
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             out.append({"run": str(run), "seed_dir": sd.name, "checkpoint": a.checkpoint, **r})
             warn = "" if r["warning_steps"] is None else str(r["warning_steps"])
             print(f"| {run.name} | {sd.name} | {r['length']} | {'fall' if r['terminated'] else 'time limit'} | "
-                  f"{r['q_peak']:.1f} | {r['gap_mean']:.2f} | {r['gap_max']:.2f} | {r['q_range_mean']:.2f} | "
+                  f"{r['q_peak']:.1f} | {r['gap_mean']:.2f} | {r['gap_max']:.2f} | {r['draws_short_mean']:.2f} | {r['q_range_mean']:.2f} | "
                   f"{warn} |", flush=True)
             if a.rows:
                 for row in r["rows"]:

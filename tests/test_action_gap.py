@@ -49,6 +49,8 @@ def test_a_tiny_run_is_scored_at_every_marked_step(tmp_path: Path, capsys, impor
     assert [row["step"] for row in r["rows"]] == sorted(set(range(0, n, 3)) | set(range(max(0, n - 2), n)))
     gaps = [row["q_uniform_max"] - row["q_taken"] for row in r["rows"]]
     assert r["gap_mean"] == pytest.approx(sum(gaps) / len(gaps)) and r["gap_max"] == pytest.approx(max(gaps))
+    short = [row["q_uniform_max"] - row["q_draws_max"] for row in r["rows"]]
+    assert r["draws_short_mean"] == pytest.approx(sum(short) / len(short))
     assert r["q_peak"] == pytest.approx(max(row["q_taken"] for row in r["rows"]))
     assert (r["warning_steps"] is None) == (not r["terminated"])
     if r["terminated"]:
