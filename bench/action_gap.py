@@ -12,9 +12,9 @@ the last `--tail` steps, scores with the critic's min Q (the one the agent acts 
 Per seed it prints the episode length, whether it ended by termination (a fall) or the time limit, Q(taken) at its
 peak, the gap (best uniform − taken) as mean and max over the marked steps, how far the policy's best draw stays
 below the best uniform action (mean; ≈ 0 when the policy covers the critic's best actions), the mean range of Q
-over the box
-(max − min of the uniform draws), and the warning: how many steps before a fall Q(taken) drops below 80 % of its
-peak for good (blank without a fall; as fine as the marked steps). `--rows` also prints every marked step.
+over the box (max − min of the uniform draws), and the warning: how many steps before a fall Q(taken) drops below
+80 % of its peak for good (blank without a fall; as fine as the marked steps). `--rows` also prints every marked
+step.
 
     python bench/action_gap.py runs/hopper-geometric/Hopper-v4__dpmd --checkpoint latest
 """
@@ -92,8 +92,8 @@ def trace(seed_dir: Path, checkpoint: str, every: int, tail: int, uniform: int, 
     ranges = np.array([r["q_uniform_max"] - r["q_uniform_min"] for r in rows])
     short = np.array([r["q_uniform_max"] - r["q_draws_max"] for r in rows])
     return {"length": n, "terminated": bool(terminated), "q_peak": peak, "gap_mean": float(gaps.mean()),
-            "gap_max": float(gaps.max()), "draws_short_mean": float(short.mean()), "q_range_mean": float(ranges.mean()), "warning_steps": warning,
-            "rows": rows}
+            "gap_max": float(gaps.max()), "draws_short_mean": float(short.mean()),
+            "q_range_mean": float(ranges.mean()), "warning_steps": warning, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             out.append({"run": str(run), "seed_dir": sd.name, "checkpoint": a.checkpoint, **r})
             warn = "" if r["warning_steps"] is None else str(r["warning_steps"])
             print(f"| {run.name} | {sd.name} | {r['length']} | {'fall' if r['terminated'] else 'time limit'} | "
-                  f"{r['q_peak']:.1f} | {r['gap_mean']:.2f} | {r['gap_max']:.2f} | {r['draws_short_mean']:.2f} | {r['q_range_mean']:.2f} | "
-                  f"{warn} |", flush=True)
+                  f"{r['q_peak']:.1f} | {r['gap_mean']:.2f} | {r['gap_max']:.2f} | {r['draws_short_mean']:.2f} | "
+                  f"{r['q_range_mean']:.2f} | {warn} |", flush=True)
             if a.rows:
                 for row in r["rows"]:
                     print(f"    step {row['step']:4d}: Q(taken) {row['q_taken']:8.2f}, best uniform "
