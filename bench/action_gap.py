@@ -14,7 +14,8 @@ peak, the gap (best uniform − taken) as mean and max over the marked steps, ho
 below the best uniform action (mean; ≈ 0 when the policy covers the critic's best actions), the mean range of Q
 over the box (max − min of the uniform draws), and the warning: how many steps before a fall Q(taken) drops below
 80 % of its peak for good (blank without a fall; as fine as the marked steps). `--rows` also prints every marked
-step.
+step, with the MuJoCo body's forward velocity qvel[0] and its qpos[1] (the torso's height for Hopper and
+Walker2d) when the env has one.
 
     python bench/action_gap.py runs/hopper-geometric/Hopper-v4__dpmd --checkpoint latest
 """
@@ -63,7 +64,8 @@ def trace(seed_dir: Path, checkpoint: str, every: int, tail: int, uniform: int, 
     policy = load_policy(str(seed_dir), checkpoint=checkpoint, seed=seed, backend="torch")
     env = gym.make(policy.env_id)
     gen = torch.Generator().manual_seed(seed)
-    obs_seen, taken_seen = [], []
+    body = getattr(env.unwrapped, "data", None)  # a MuJoCo body: its state along the episode, for the rows
+    obs_seen, taken_seen, body_seen = [], [], []
     try:
         obs, _ = env.reset(seed=seed)
         done, terminated = False, False
@@ -72,6 +74,8 @@ def trace(seed_dir: Path, checkpoint: str, every: int, tail: int, uniform: int, 
             a_unit = policy.act_unit(o.reshape(1, -1))[0]  # the policy's own range [-1, 1], as the critic sees it
             obs_seen.append(o)
             taken_seen.append(a_unit)
+            # forward velocity qvel[0] and qpos[1] (the torso's height for Hopper and Walker2d), before the step
+            body_seen.append((float(body.qvel[0]), float(body.qpos[1])) if body is not None else (None, None))
             half = (policy.action_high - policy.action_low) / 2
             a_env = policy.action_low + (a_unit.clamp(-1, 1).numpy() + 1.0) * half
             obs, _, terminated, truncated, _ = env.step(a_env.astype(np.float64))
@@ -80,7 +84,8 @@ def trace(seed_dir: Path, checkpoint: str, every: int, tail: int, uniform: int, 
         env.close()
     n = len(obs_seen)
     marks = sorted(set(range(0, n, every)) | set(range(max(0, n - tail), n)))
-    rows = [{"step": k, **score_state(policy.agent, obs_seen[k], taken_seen[k], uniform, draws, gen)} for k in marks]
+    rows = [{"step": k, "body_vx": body_seen[k][0], "body_qpos1": body_seen[k][1],
+             **score_state(policy.agent, obs_seen[k], taken_seen[k], uniform, draws, gen)} for k in marks]
     q_taken = np.array([r["q_taken"] for r in rows])
     peak = float(q_taken.max())
     warning = None
@@ -94,6 +99,10 @@ def trace(seed_dir: Path, checkpoint: str, every: int, tail: int, uniform: int, 
     return {"length": n, "terminated": bool(terminated), "q_peak": peak, "gap_mean": float(gaps.mean()),
             "gap_max": float(gaps.max()), "draws_short_mean": float(short.mean()),
             "q_range_mean": float(ranges.mean()), "warning_steps": warning, "rows": rows}
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                 for row in r["rows"]:
                     print(f"    step {row['step']:4d}: Q(taken) {row['q_taken']:8.2f}, best uniform "
                           f"{row['q_uniform_max']:8.2f}, best policy draw {row['q_draws_max']:8.2f}, uniform mean "
-                          f"{row['q_uniform_mean']:8.2f}")
+                          f"{row['q_uniform_mean']:8.2f}; body vx {_fmt(row['body_vx'])}, qpos[1] "
+                          f"{_fmt(row['body_qpos1'])}")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
     return 0

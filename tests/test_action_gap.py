@@ -52,6 +52,8 @@ def test_a_tiny_run_is_scored_at_every_marked_step(tmp_path: Path, capsys, impor
     short = [row["q_uniform_max"] - row["q_draws_max"] for row in r["rows"]]
     assert r["draws_short_mean"] == pytest.approx(sum(short) / len(short))
     assert r["q_peak"] == pytest.approx(max(row["q_taken"] for row in r["rows"]))
+    # InvertedPendulum's body: qpos[1] is the pole's hinge angle, upright (|angle| ≤ 0.2) while the episode runs
+    assert all(isinstance(row["body_vx"], float) and abs(row["body_qpos1"]) <= 0.2 + 1e-6 for row in r["rows"])
     assert (r["warning_steps"] is None) == (not r["terminated"])
     if r["terminated"]:
         assert 0 <= r["warning_steps"] <= n
