@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from fastrsm.group import seed_dirs
-from fastrsm.policy import load_policy
+from fastrsm.policy import load_policy, to_env_bounds
 from fastrsm.utils import UsageError
 
 WARN = 0.8  # Q(taken) below this fraction of its episode peak, for good, counts as the critic foreseeing the fall
@@ -64,6 +64,8 @@ def trace(seed_dir: Path, checkpoint: str, every: int, tail: int, uniform: int, 
     policy = load_policy(str(seed_dir), checkpoint=checkpoint, seed=seed, backend="torch")
     env = gym.make(policy.env_id)
     gen = torch.Generator().manual_seed(seed)
+    low = torch.as_tensor(policy.action_low)
+    half = torch.as_tensor((policy.action_high - policy.action_low) / 2.0)
     body = getattr(env.unwrapped, "data", None)  # a MuJoCo body: its state along the episode, for the rows
     obs_seen, taken_seen, body_seen = [], [], []
     try:
@@ -76,9 +78,8 @@ def trace(seed_dir: Path, checkpoint: str, every: int, tail: int, uniform: int, 
             taken_seen.append(a_unit)
             # forward velocity qvel[0] and qpos[1] (the torso's height for Hopper and Walker2d), before the step
             body_seen.append((float(body.qvel[0]), float(body.qpos[1])) if body is not None else (None, None))
-            half = (policy.action_high - policy.action_low) / 2
-            a_env = policy.action_low + (a_unit.clamp(-1, 1).numpy() + 1.0) * half
-            obs, _, terminated, truncated, _ = env.step(a_env.astype(np.float64))
+            a_env = to_env_bounds(a_unit, low, half)  # as policy.act does, from the same unit-range action
+            obs, _, terminated, truncated, _ = env.step(a_env.numpy().astype(np.float64))
             done = terminated or truncated
     finally:
         env.close()
