@@ -23,17 +23,14 @@ Walker2d) when the env has one.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from _runs import add_run_args, each_seed, fmt, run_main, write_json
 
-from fastrsm.group import seed_dirs
 from fastrsm.policy import load_policy, to_env_bounds
-from fastrsm.utils import UsageError
 
 WARN = 0.8  # Q(taken) below this fraction of its episode peak, for good, counts as the critic foreseeing the fall
 
@@ -102,42 +99,28 @@ def trace(seed_dir: Path, checkpoint: str, every: int, tail: int, uniform: int, 
             "q_range_mean": float(ranges.mean()), "warning_steps": warning, "rows": rows}
 
 
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--checkpoint", default="best", choices=("latest", "best"))
+    add_run_args(p, checkpoint="best", seed=100, seed_help="env seed of the episode")
     p.add_argument("--every", type=int, default=25, help="score every this many steps")
     p.add_argument("--tail", type=int, default=5, help="and the last this many steps")
     p.add_argument("--uniform", type=int, default=8192, help="uniform actions over the box per marked step")
     p.add_argument("--draws", type=int, default=1024, help="policy draws per marked step")
-    p.add_argument("--seed", type=int, default=100, help="env seed of the episode")
     p.add_argument("--rows", action="store_true", help="also print every marked step")
-    p.add_argument("--json", type=Path, help="also write the results here")
     a = p.parse_args(argv)
     for name in ("every", "uniform", "draws"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1")
     if a.tail < 0:
         p.error("--tail must be >= 0")
-    torch.set_num_threads(1)
-    out = []
-    print("| run | seed | length | ended by | Q(taken) peak | gap mean | gap max | "
-          "policy's best draw short by | Q range over the box | warning (steps) |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
-    for run in a.runs:
-        if not run.is_dir():
-            print(f"action_gap: {run} is not a run directory", file=sys.stderr)
-            return 2
-        for sd in map(Path, seed_dirs(str(run))):
-            try:
-                r = trace(sd, a.checkpoint, a.every, a.tail, a.uniform, a.draws, a.seed)
-            except UsageError as e:
-                print(f"action_gap: {e}", file=sys.stderr)
-                return 2
+
+    def body() -> None:
+        out = []
+        print("| run | seed | length | ended by | Q(taken) peak | gap mean | gap max | "
+              "policy's best draw short by | Q range over the box | warning (steps) |")
+        print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+        for run, sd in each_seed(a.runs):
+            r = trace(sd, a.checkpoint, a.every, a.tail, a.uniform, a.draws, a.seed)
             out.append({"run": str(run), "seed_dir": sd.name, "checkpoint": a.checkpoint, **r})
             warn = "" if r["warning_steps"] is None else str(r["warning_steps"])
             print(f"| {run.name} | {sd.name} | {r['length']} | {'fall' if r['terminated'] else 'time limit'} | "
@@ -147,13 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                 for row in r["rows"]:
                     print(f"    step {row['step']:4d}: Q(taken) {row['q_taken']:8.2f}, best uniform "
                           f"{row['q_uniform_max']:8.2f}, best policy draw {row['q_draws_max']:8.2f}, uniform mean "
-                          f"{row['q_uniform_mean']:8.2f}; body vx {_fmt(row['body_vx'])}, qpos[1] "
-                          f"{_fmt(row['body_qpos1'])}")
-    if a.json:
-        a.json.write_text(json.dumps(out, indent=1))
-    return 0
+                          f"{row['q_uniform_mean']:8.2f}; body vx {fmt(row['body_vx'])}, qpos[1] "
+                          f"{fmt(row['body_qpos1'])}")
+        write_json(a.json, out)
+
+    return run_main("action_gap", body)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.exit(main())

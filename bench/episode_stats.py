@@ -13,17 +13,13 @@ mean forward speed (distance / simulated time); the last two read "n/a" for an e
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
+from _runs import add_run_args, each_seed, fmt, run_main, write_json
 
-from fastrsm.group import seed_dirs
 from fastrsm.policy import load_policy
-from fastrsm.utils import UsageError
 
 
 def play(seed_dir: Path, checkpoint: str, episodes: int, seed: int, particles: int | None = None) -> list[dict]:
@@ -51,44 +47,28 @@ def play(seed_dir: Path, checkpoint: str, episodes: int, seed: int, particles: i
     return out
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--checkpoint", default="best", choices=("latest", "best"))
+    add_run_args(p, checkpoint="best", seed=100, seed_help="env seed of the first episode")
     p.add_argument("--episodes", type=int, default=3)
     p.add_argument("--particles", type=int, default=None, help="best-of-N (default: the run's; 1 = the policy alone)")
-    p.add_argument("--seed", type=int, default=100, help="env seed of the first episode")
-    p.add_argument("--json", type=Path, help="also write the rows here")
     a = p.parse_args(argv)
     if a.episodes < 1:
         p.error("--episodes must be >= 1")
-    torch.set_num_threads(1)
-    rows = []
-    print("| run | seed | episode | return | length | distance (m) | speed (m/s) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for run in a.runs:
-        if not run.is_dir():
-            print(f"episode_stats: {run} is not a run directory", file=sys.stderr)
-            return 2
-        for sd in map(Path, seed_dirs(str(run))):
-            try:
-                eps = play(sd, a.checkpoint, a.episodes, a.seed, a.particles)
-            except UsageError as e:
-                print(f"episode_stats: {e}", file=sys.stderr)
-                return 2
-            for i, e in enumerate(eps):
+
+    def body() -> None:
+        rows = []
+        print("| run | seed | episode | return | length | distance (m) | speed (m/s) |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for run, sd in each_seed(a.runs):
+            for i, e in enumerate(play(sd, a.checkpoint, a.episodes, a.seed, a.particles)):
                 rows.append({"run": str(run), "seed_dir": sd.name, "checkpoint": a.checkpoint, "episode": i, **e})
                 print(f"| {run.name} | {sd.name} | {i} | {e['return']:.0f} | {e['length']} | "
-                      f"{_fmt(e['distance'], '.2f')} | {_fmt(e['speed'], '.2f')} |", flush=True)
-    if a.json:
-        a.json.write_text(json.dumps(rows, indent=1))
-    return 0
+                      f"{fmt(e['distance'])} | {fmt(e['speed'])} |", flush=True)
+        write_json(a.json, rows)
+
+    return run_main("episode_stats", body)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.exit(main())

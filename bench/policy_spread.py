@@ -20,14 +20,12 @@ over states and action dimensions (in the policy's [-1, 1] units):
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 import torch
+from _runs import add_run_args, each_seed, run_main, write_json
 
-from fastrsm.group import seed_dirs
 from fastrsm.policy import checkpoint_path, load_policy
 from fastrsm.runlog import load_checkpoint
 
@@ -61,32 +59,25 @@ def measure(seed_dir: Path, checkpoint: str, states: int, draws: int, seed: int)
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--checkpoint", default="latest", choices=("latest", "best"))
+    add_run_args(p, checkpoint="latest", seed=0, seed_help="seed of the sampled states and draws")
     p.add_argument("--states", type=int, default=256)
     p.add_argument("--draws", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="also write the rows here")
     a = p.parse_args(argv)
-    torch.set_num_threads(1)
-    rows = []
-    print("| run | seed | env step | spread (N=1) | training noise | explore std | at bound | Q std between states "
-          "| Q std within a state |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for run in a.runs:
-        if not run.is_dir():
-            print(f"policy_spread: {run} is not a run directory", file=sys.stderr)
-            return 2
-        for sd in map(Path, seed_dirs(str(run))):
+
+    def body() -> None:
+        rows = []
+        print("| run | seed | env step | spread (N=1) | training noise | explore std | at bound | "
+              "Q std between states | Q std within a state |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for run, sd in each_seed(a.runs):
             m = measure(sd, a.checkpoint, a.states, a.draws, a.seed)
             rows.append({"run": str(run), "seed_dir": sd.name, "checkpoint": a.checkpoint, **m})
-            print(f"| {run.name} | {sd.name} | {m['step']} | {m['spread']:.3f} | {m['noise']:.3f} | {m['explore']:.3f} "
-                  f"| {m['bound']:.0%} | {m['q_between']:.2f} | {m['q_within']:.3f} |", flush=True)
-    if a.json:
-        a.json.write_text(json.dumps(rows, indent=1))
-    return 0
+            print(f"| {run.name} | {sd.name} | {m['step']} | {m['spread']:.3f} | {m['noise']:.3f} | "
+                  f"{m['explore']:.3f} | {m['bound']:.0%} | {m['q_between']:.2f} | {m['q_within']:.3f} |", flush=True)
+        write_json(a.json, rows)
+
+    return run_main("policy_spread", body)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.exit(main())

@@ -17,7 +17,7 @@ TINY = ["--env", "Pendulum-v1", "--preset", "smoke", "--device", "cpu", "--quiet
         "--particles", "4", "--diffusion-steps", "3", "--hidden", "16", "--log-every", "100", "--reverse-samples", "4"]
 
 
-def test_policy_spread_rows(tmp_path: Path, import_bench) -> None:
+def test_policy_spread_rows(tmp_path: Path, import_bench, capsys) -> None:
     runs = {}
     for algo in ("dpmd", "sac"):
         runs[algo] = tmp_path / algo
@@ -33,3 +33,9 @@ def test_policy_spread_rows(tmp_path: Path, import_bench) -> None:
     assert dpmd["spread"] > 0 and dpmd["explore"] > 0 and 0 <= dpmd["bound"] <= 1
     assert math.isnan(sac["noise"]) and sac["explore"] == sac["spread"] > 0
     assert mod.main([str(tmp_path / "nope")]) == 2
+    # A run without the checkpoint asked for: one line naming the tool, exit 2 (it was a traceback).
+    capsys.readouterr()
+    (runs["dpmd"] / "checkpoints" / "latest.pt").rename(tmp_path / "moved.pt")
+    assert mod.main([str(runs["dpmd"]), "--states", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("policy_spread: ") and "latest.pt" in err[0]
