@@ -196,16 +196,20 @@ def run_trials(trials: list[Trial], jobs: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ re-evaluation
-def reevaluate(seed_dir: Path, particles: int | None, episodes: int | None) -> dict[str, Any]:
+def reevaluate(seed_dir: Path, particles: int | None, episodes: int | None) -> dict[str, Any] | None:
     """The best checkpoint evaluated again through `fastrsm.evaluate_policy` (which loads it with
-    `fastrsm.load_policy`); cached next to it, per checkpoint file and N, so a report does not load it again."""
+    `fastrsm.load_policy`); cached next to it, per checkpoint file and N, so a report does not load it again.
+    Without the checkpoint (a folder written by --keep) the cached result, or None."""
     from fastrsm import evaluate_policy
     from fastrsm.utils import atomic_write_json
 
     saved = json.loads((seed_dir / "config.json").read_text())["config"]
     n = (particles or saved["particles"]) if saved["algo"] in BEST_OF_N_ALGOS else None
     cache = seed_dir / f"reeval_n{n}.json"
-    stamp = (seed_dir / "checkpoints" / "best.pt").stat().st_mtime_ns
+    best = seed_dir / "checkpoints" / "best.pt"
+    if not best.is_file():  # a kept copy of the results (--keep): the cache is all there is
+        return json.loads(cache.read_text()) if cache.is_file() else None
+    stamp = best.stat().st_mtime_ns
     if cache.is_file():
         old = json.loads(cache.read_text())
         if old.get("checkpoint_mtime_ns") == stamp and (episodes is None or old.get("episodes") == episodes):
@@ -215,6 +219,39 @@ def reevaluate(seed_dir: Path, particles: int | None, episodes: int | None) -> d
            "return_std": r["return_std"], "checkpoint_mtime_ns": stamp}
     atomic_write_json(str(cache), out)
     return out
+
+
+# -------------------------------------------------------------------------------------------------------- keep
+# What a report is made of, without the checkpoints and replay buffers (megabytes per seed): small enough to commit,
+# so that the figures of a campaign outlive the machine it ran on. `--report-only --out DIR` reads such a copy.
+KEPT_GROUP_FILES = ("group.json", "summary.json")
+KEPT_SEED_FILES = ("config.json", "summary.json", "eval.csv", "train.csv")
+
+
+def keep_results(trials: list[Trial], out: Path, dest: Path) -> int:
+    """Copies the campaign's settings, report and every run's results (not its checkpoints) to `dest`, keeping
+    the campaign's layout; returns the number of files copied."""
+    copied = 0
+
+    def put(src: Path, rel: Path) -> None:
+        nonlocal copied
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+            copied += 1
+
+    for name in ("campaign.json", "report.md"):
+        put(out / name, Path(name))
+    for t in trials:
+        rel = t.run_dir.relative_to(out)
+        if not t.single:
+            for name in KEPT_GROUP_FILES:
+                put(t.run_dir / name, rel / name)
+        for s in t.seeds:
+            d = t.seed_dir(s)
+            for f in [*(d / n for n in KEPT_SEED_FILES), *sorted(d.glob("reeval_n*.json"))]:
+                put(f, d.relative_to(out) / f.name)
+    return copied
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -279,11 +316,12 @@ def report(trials: list[Trial], out: Path, tiny: bool, png: Path) -> str:
                 best.append(r.best_return)
                 final.append(float(r.return_mean[-1]))
                 steps.append(int(r.steps[-1]))
-                if done and (d / "checkpoints" / "best.pt").is_file():
+                if done:
                     episodes = TINY_REEVAL_EPISODES if tiny else None
-                    full.append(reevaluate(d, None, episodes)["return_mean"])
-                    if algo in BEST_OF_N_ALGOS:
-                        alone.append(reevaluate(d, 1, episodes)["return_mean"])
+                    for into, n in ((full, None), *(((alone, 1),) if algo in BEST_OF_N_ALGOS else ())):
+                        r_n = reevaluate(d, n, episodes)
+                        if r_n is not None:
+                            into.append(r_n["return_mean"])
         summaries = [json.loads((t.run_dir / "summary.json").read_text()) for t in ts
                      if (t.run_dir / "summary.json").is_file()]
         wall = sum(x.get("wall_time_s") or 0.0 for x in summaries) if done else None
@@ -328,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a setting for every run on top of the preset (a variant campaign: give it its own --out)")
     p.add_argument("--doc", default=None, metavar="FILE",
                    help="also put the report into FILE between its '<!-- report -->' and '<!-- end report -->' lines")
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="also copy the campaign's results without checkpoints (settings, report, eval/train CSVs, "
+                   "re-evaluations) to DIR, e.g. bench/learning_runs/NAME; `--report-only --out DIR` reads it")
     args = p.parse_args(argv)
     tasks = [x.strip() for x in args.tasks.split(",") if x.strip()]
     algos = [x.strip() for x in args.algos.split(",") if x.strip()]
@@ -343,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"learning.py: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if args.keep and Path(args.keep).resolve() == out.resolve():
+        print("learning.py: --keep must name another folder than --out", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only and not same_campaign(out, overrides):
         return 2
@@ -352,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.doc:
         put_in_doc(Path(args.doc), text)
+    if args.keep:
+        print(f"kept {keep_results(trials, out, Path(args.keep))} files in {args.keep}")
     return 1 if failed else 0
 
 

@@ -97,6 +97,18 @@ def test_campaign_stops_resumes_and_reports(tmp_path: Path) -> None:
     assert "evaluation return per seed" in report
     assert all(f"| dacer2 | {s} |" in report for s in (0, 1)), report[-2000:]
 
+    # 6) --keep copies the results without checkpoints; the copy alone gives the same report
+    kept = tmp_path / "kept"
+    p = _campaign(out, "--algos", "sac,dpmd,dacer2", "--report-only", "--keep", str(kept))
+    log = p.communicate(timeout=300)[0]
+    assert p.returncode == 0 and "kept " in log, log[-2000:]
+    assert not list(kept.rglob("*.pt")) and (kept / f"{ENV}__dpmd" / "seed_1" / "reeval_n1.json").is_file()
+    assert _eval_steps(kept / f"{ENV}__sac" / "seed_0") == list(range(150, 1501, 150))
+    p = _campaign(kept, "--algos", "sac,dpmd,dacer2", "--report-only")
+    log = p.communicate(timeout=300)[0]
+    assert p.returncode == 0, log[-2000:]
+    assert (kept / "report.md").read_text() == (out / "report.md").read_text()
+
 
 def test_single_seed_algorithms_get_one_run_per_seed(tmp_path: Path, import_bench) -> None:
     learning = import_bench("learning")
@@ -130,6 +142,9 @@ def test_campaign_refuses_unknown_task(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--tasks", "Nope-v0", "--report-only"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "tasks must be among" in r.stderr
+    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--keep", str(tmp_path), "--report-only"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "--keep must name another folder" in r.stderr
 
 
 def test_variant_campaign_passes_its_settings_and_keeps_to_them(tmp_path: Path, import_bench) -> None:
