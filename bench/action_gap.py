@@ -47,8 +47,11 @@ def score_state(agent, obs: torch.Tensor, taken: torch.Tensor, uniform: int, dra
     rep = s.expand(draws, -1)
     if hasattr(agent, "policy_ema"):  # the diffusion policy alone: one chain sample per draw
         d = agent.policy_ema.sample(s, particles=draws, generator=generator).reshape(draws, -1)
-    else:  # SAC: its Gaussian (tanh-squashed) with the run's entropy
-        d = agent.act(rep, explore=True)
+    else:  # SAC: its Gaussian (tanh-squashed) with the run's entropy; it draws from the global RNG, so that is
+        # seeded from `generator` (and restored after) to make its rows repeat like the diffusion policies' do
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            d = agent.act(rep, explore=True)
     q_d = q(rep, d.clamp(-1.0, 1.0))
     return {"q_taken": q_taken, "q_uniform_max": q_u.max().item(), "q_uniform_min": q_u.min().item(),
             "q_uniform_mean": q_u.mean().item(), "q_draws_max": q_d.max().item()}

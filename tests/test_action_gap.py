@@ -62,3 +62,14 @@ def test_a_tiny_run_is_scored_at_every_marked_step(tmp_path: Path, capsys, impor
     assert mod.main([str(tmp_path / "nope")]) == 2
     with pytest.raises(SystemExit):
         mod.main([str(run), "--every", "0"])
+
+
+def test_sac_draws_repeat_with_the_generator_and_leave_the_global_rng_alone(import_bench) -> None:
+    # SAC's act draws from the global RNG: the score must still follow the generator's seed alone
+    agent = SimpleNamespace(critic=SimpleNamespace(min_q=lambda s, a: -(a ** 2).sum(-1)),
+                            act=lambda s, explore=True: torch.randn(s.shape[0], 2).tanh())
+    score = import_bench("action_gap").score_state
+    state = torch.random.get_rng_state()
+    runs = [score(agent, torch.zeros(3), torch.zeros(2), 16, 8, torch.Generator().manual_seed(k)) for k in (5, 5, 6)]
+    assert runs[0]["q_draws_max"] == runs[1]["q_draws_max"] != runs[2]["q_draws_max"]
+    assert torch.equal(torch.random.get_rng_state(), state)
