@@ -8,7 +8,6 @@ order), so every diagnostic reads a group the same way fastrsm-eval does.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 from fastrsm.group import seed_dirs
-from fastrsm.utils import UsageError
+from fastrsm.utils import UsageError, atomic_write_json
 
 
 def add_run_args(p: argparse.ArgumentParser, *, checkpoint: str, seed: int, seed_help: str) -> None:
@@ -42,8 +41,9 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 
 
 def write_json(path: Path | None, rows: list[dict]) -> None:
+    """The rows to `--json PATH` when given (written atomically, as the trainer writes its files)."""
     if path is not None:
-        path.write_text(json.dumps(rows, indent=1))
+        atomic_write_json(str(path), rows)
 
 
 def run_main(prog: str, body: Callable[[], None]) -> int:

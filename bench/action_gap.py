@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from _runs import add_run_args, each_seed, fmt, run_main, write_json
 
-from fastrsm.policy import load_policy, to_env_bounds
+from fastrsm.policy import _own_rng, load_policy
 
 WARN = 0.8  # Q(taken) below this fraction of its episode peak, for good, counts as the critic foreseeing the fall
 
@@ -47,10 +47,9 @@ def score_state(agent, obs: torch.Tensor, taken: torch.Tensor, uniform: int, dra
     rep = s.expand(draws, -1)
     if hasattr(agent, "policy_ema"):  # the diffusion policy alone: one chain sample per draw
         d = agent.policy_ema.sample(s, particles=draws, generator=generator).reshape(draws, -1)
-    else:  # SAC: its Gaussian (tanh-squashed) with the run's entropy; it draws from the global RNG, so that is
-        # seeded from `generator` (and restored after) to make its rows repeat like the diffusion policies' do
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    else:  # SAC: its Gaussian (tanh-squashed) with the run's entropy; it draws from the global RNG, so it runs on
+        # `generator`'s stream (as fastrsm.Policy acts) to make its rows repeat like the diffusion policies' do
+        with _own_rng(generator, torch.device("cpu")):
             d = agent.act(rep, explore=True)
     q_d = q(rep, d.clamp(-1.0, 1.0))
     return {"q_taken": q_taken, "q_uniform_max": q_u.max().item(), "q_uniform_min": q_u.min().item(),
@@ -64,8 +63,6 @@ def trace(seed_dir: Path, checkpoint: str, every: int, tail: int, uniform: int, 
     policy = load_policy(str(seed_dir), checkpoint=checkpoint, seed=seed, backend="torch")
     env = gym.make(policy.env_id)
     gen = torch.Generator().manual_seed(seed)
-    low = torch.as_tensor(policy.action_low)
-    half = torch.as_tensor((policy.action_high - policy.action_low) / 2.0)
     body = getattr(env.unwrapped, "data", None)  # a MuJoCo body: its state along the episode, for the rows
     obs_seen, taken_seen, body_seen = [], [], []
     try:
@@ -78,7 +75,7 @@ def trace(seed_dir: Path, checkpoint: str, every: int, tail: int, uniform: int, 
             taken_seen.append(a_unit)
             # forward velocity qvel[0] and qpos[1] (the torso's height for Hopper and Walker2d), before the step
             body_seen.append((float(body.qvel[0]), float(body.qpos[1])) if body is not None else (None, None))
-            a_env = to_env_bounds(a_unit, low, half)  # as policy.act does, from the same unit-range action
+            a_env = policy.to_env(a_unit)  # as policy.act does, from the same unit-range action
             obs, _, terminated, truncated, _ = env.step(a_env.numpy().astype(np.float64))
             done = terminated or truncated
     finally:

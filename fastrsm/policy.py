@@ -85,10 +85,14 @@ class Policy(NumpyActing):
         with _own_rng(self._gen, self.device):
             return self.agent.act(obs.to(self.device, torch.float32), explore=False)
 
+    def to_env(self, a_unit: torch.Tensor) -> torch.Tensor:
+        """Actions in the policy's range [-1, 1] (as `act_unit` gives them) -> the env's bounds."""
+        return to_env_bounds(a_unit, self._low, self._half)
+
     def act_tensor(self, obs: torch.Tensor) -> torch.Tensor:
         """obs [obs_dim] or [B, obs_dim] tensor -> actions in the env's bounds, same leading shape."""
         single = obs.dim() == 1
-        a = to_env_bounds(self.act_unit(obs.reshape(1, -1) if single else obs), self._low, self._half)
+        a = self.to_env(self.act_unit(obs.reshape(1, -1) if single else obs))
         return a[0] if single else a
 
 
