@@ -14,7 +14,7 @@ Variants (each a *runtime* source patch of their `relax/algorithm/dpmd.py`, chec
   --fix-precedence      `q_min - running_mean / running_std` -> `(q_min - running_mean) / running_std`
   --single-critic-step  drop the first of the two identical critic Adam steps per update
 
-Usage (one core, as DESIGN/AUTHORS_CODE.md say for timing):
+Usage (one core, as docs/authors_code.md says for timing):
   taskset -c 1 env XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
     python bench/authors_train.py --authors /path/to/checkout --seed 1 --out runs/authors-s1 [--fix-precedence]
 Writes OUT/eval.csv (step, return_mean, return_std, alpha, weights statistics) and OUT/summary.json.

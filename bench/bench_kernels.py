@@ -1,11 +1,11 @@
-"""Micro-benchmarks of the fused kernels (SPEC §9) against their eager PyTorch references and torch.compile of
-the same, at the paper's shapes: B·N = 256·32 chain rows, T = 20, H = 256 (3 layers), K = 64, A = 8 (Ant) and
-17 (Humanoid). CUDA only:
+"""Micro-benchmarks of the fused kernels (docs/algorithms.md §9) against their eager PyTorch references and
+torch.compile of the same, at the paper's shapes: B·N = 256·32 chain rows, T = 20, H = 256 (3 layers), K = 64, A = 8
+(Ant) and 17 (Humanoid). CUDA only:
 
     pytest bench/bench_kernels.py --benchmark-only --benchmark-group-by=group
 
 Every timed call ends with torch.cuda.synchronize(), so a figure is the latency of one call. Figures go into
-bench/RESULTS.md with the device name, date and commit (DESIGN.md).
+bench/RESULTS.md with the device name, date and commit (docs/design.md).
 """
 
 from __future__ import annotations

@@ -29,10 +29,11 @@ from fastrsm.agents import make_agent
 from fastrsm.backend import make_ops
 from fastrsm.config import make_config
 from fastrsm.envs import make_vec_env
-from fastrsm.graphs import make_fast_agent
-from fastrsm.group import SeedActor, SeedEnvs
+from fastrsm.group import SeedEnvs
+from fastrsm.learner import Learner
 from fastrsm.loop import LoopState, env_seed
 from fastrsm.replay import ReplayBuffer
+from fastrsm.runner import SeedActor
 from fastrsm.seeds import SeedReplay
 from fastrsm.utils import seed_everything
 
@@ -49,15 +50,14 @@ class Runner:
         if seeds is None:
             self.envs = make_vec_env(cfg.env_id, cfg.num_envs, env_seed(cfg, 0), cfg.env_backend)
             seed_everything(cfg.seed)
-            self.agent = make_fast_agent(make_agent(cfg.algo, self.envs.obs_dim, self.envs.act_dim, cfg, dev, ops),
-                                         cfg.num_envs, enabled=False)
+            self.agent = SeedActor(Learner(make_agent(cfg.algo, self.envs.obs_dim, self.envs.act_dim, cfg, dev, ops)),
+                                   None, [False])
             self.replay = ReplayBuffer(cfg.buffer_size, self.envs.obs_dim, self.envs.act_dim, dev, cfg.batch_size)
         else:
             self.envs = SeedEnvs([make_vec_env(c.env_id, c.num_envs, env_seed(c, 0), c.env_backend) for c in cfgs])
             seed_everything(seeds[0])
             agent = make_agent(cfg.algo, self.envs.obs_dim, self.envs.act_dim, cfg, dev, ops, seeds=len(seeds))
-            self.agent = SeedActor(make_fast_agent(agent, cfg.num_envs, enabled=False), len(seeds),
-                                   [False] * len(seeds))
+            self.agent = SeedActor(Learner(agent), len(seeds), [False] * len(seeds))
             self.replay = SeedReplay(len(seeds), cfg.buffer_size, self.envs.obs_dim, self.envs.act_dim, dev,
                                      cfg.batch_size)
         self.cfg, self.st, self.metrics = cfg, LoopState(), {}

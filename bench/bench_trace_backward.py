@@ -24,14 +24,14 @@ OBS_DIM, ACT_DIM = 11, 3
 def build(algo: str, trace: bool):
     from fastrsm.agents import make_agent
     from fastrsm.backend import make_ops
-    from fastrsm.compiled import CompiledAgent
+    from fastrsm.compiled import CompiledLearner
     from fastrsm.config import make_config
 
     cfg = make_config("small", {"algo": algo, "device": "cpu"})
     torch.manual_seed(0)
     agent = make_agent(algo, OBS_DIM, ACT_DIM, cfg, torch.device("cpu"), make_ops("compile", "cpu"))
     agent.trace_backward = trace  # an instance attribute: the class default is left alone
-    return CompiledAgent(agent)
+    return CompiledLearner(agent)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ HIDDEN, LAYERS, BATCH = 256, 3, 256
 BUFFER = 1_000_000  # both libraries' default replay size
 MATCHED_FASTRSM, MATCHED_SB3, SB3_RELU = "fastrsm SAC (policy_delay=1)", "SB3 SAC (Mish)", "SB3 SAC (ReLU)"
 
-# gymnasium flags the v4 MuJoCo tasks as out of date; Ant-v4 is the paper's task (SPEC §8).
+# gymnasium flags the v4 MuJoCo tasks as out of date; Ant-v4 is the paper's task (docs/algorithms.md §8).
 warnings.filterwarnings("ignore", message=r".*is out of date", category=DeprecationWarning)
 
 
@@ -73,7 +73,7 @@ class FastrsmLoop(Contestant):
         from fastrsm.backend import make_ops
         from fastrsm.config import make_config
         from fastrsm.envs import make_vec_env
-        from fastrsm.graphs import make_fast_agent
+        from fastrsm.learner import make_learner
         from fastrsm.loop import LoopState
         from fastrsm.replay import ReplayBuffer
 
@@ -84,8 +84,8 @@ class FastrsmLoop(Contestant):
         self.envs = make_vec_env(cfg.env_id, cfg.num_envs, seed, cfg.env_backend)
         self.agent = make_agent(cfg.algo, self.envs.obs_dim, self.envs.act_dim, cfg, self.device,
                                 make_ops(cfg.backend, self.device))
-        # As the trainer: CUDA graphs where enabled; on CPU this hands back the eager agent's calls.
-        self.fast = make_fast_agent(self.agent, cfg.num_envs, enabled=cfg.cuda_graphs and cfg.backend != "compile")
+        # as the trainer builds it (fastrsm.learner): compiled, CUDA-graphed or eager
+        self.fast = make_learner(self.agent, cfg.backend, cfg.cuda_graphs, cfg.num_envs)
         self.rb = ReplayBuffer(cfg.buffer_size, self.envs.obs_dim, self.envs.act_dim, self.device, cfg.batch_size)
         self.obs = self.envs.reset()
         self.st = LoopState()
@@ -186,11 +186,11 @@ def build(args: argparse.Namespace, threads: int) -> list[Contestant]:
         FastrsmLoop(MATCHED_FASTRSM, {**sac, "policy_delay": 1}, "paper",
                     "actor, alpha and targets every update, as SB3"),
         FastrsmLoop("fastrsm SAC (policy_delay=2)", {**sac, "policy_delay": 2}, "paper",
-                    "fastrsm's default (SPEC §7): actor/targets every 2nd update"),
+                    "fastrsm's default (docs/algorithms.md §7): actor/targets every 2nd update"),
     ]
     if sb3_available():
         out += [
-            SB3Loop(MATCHED_SB3, torch.nn.Mish, args.warmup, "same activation as fastrsm's nets (SPEC §4)"),
+            SB3Loop(MATCHED_SB3, torch.nn.Mish, args.warmup, "same activation as fastrsm's nets (algorithms §4)"),
             SB3Loop(SB3_RELU, torch.nn.ReLU, args.warmup, "SB3's default activation"),
         ]
     else:

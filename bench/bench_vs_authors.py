@@ -3,7 +3,7 @@ update, at the smoke and the paper sizes, both libraries in one process, interle
 
 Optional and never in CI. It needs a checkout of the authors' repository (github
 mahaitongdae/diffusion_policy_online_rl; nothing of it is copied here, their package is imported from the path
-given with --authors) and a venv with their dependencies and fastrsm's (../shared/AUTHORS_CODE.md):
+given with --authors) and a venv with their dependencies and fastrsm's (docs/authors_code.md):
 
     python -m venv /work/venv-authors
     /work/venv-authors/bin/pip install "jax==0.4.30" "jaxlib==0.4.30" "dm-haiku==0.0.12" "optax==0.2.2" \
@@ -85,8 +85,9 @@ def fastrsm_dpmd(hidden: int, layers: int, T: int, N: int, batch: int, compiled:
 
     from fastrsm.agents import make_agent
     from fastrsm.backend import make_ops
-    from fastrsm.compiled import CompiledAgent
+    from fastrsm.compiled import CompiledLearner
     from fastrsm.config import make_config
+    from fastrsm.learner import Learner
     from fastrsm.replay import ReplayBuffer
 
     cfg = make_config("paper", {"device": "cpu", "hidden": hidden, "layers": layers, "diffusion_steps": T,
@@ -94,7 +95,7 @@ def fastrsm_dpmd(hidden: int, layers: int, T: int, N: int, batch: int, compiled:
     torch.manual_seed(0)
     agent = make_agent("dpmd", OBS_DIM, ACT_DIM, cfg, torch.device("cpu"),
                        make_ops("compile" if compiled else "torch", "cpu"))
-    fast = CompiledAgent(agent) if compiled else agent
+    fast = CompiledLearner(agent) if compiled else Learner(agent)
     rng = np.random.default_rng(0)
     rb = ReplayBuffer(4096, OBS_DIM, ACT_DIM, "cpu", batch)
     rb.add(rng.standard_normal((4096, OBS_DIM)), rng.uniform(-1, 1, (4096, ACT_DIM)), rng.standard_normal(4096),
@@ -108,7 +109,7 @@ def fastrsm_dpmd(hidden: int, layers: int, T: int, N: int, batch: int, compiled:
     def update():
         # policy_delay 2: every other call runs the policy step, as the authors compute theirs every call and
         # apply it every other (the per-call mean over an even number of calls is one update)
-        fast.update(rb) if compiled else agent.update(rb.sample())
+        fast.update(rb)
 
     fns = {"act1": act(obs1), "act5": act(obs5), "update": update}
     fns["step"] = train_step(fns)

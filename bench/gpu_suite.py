@@ -1,4 +1,4 @@
-"""Every GPU test and benchmark in one command (issue 14, DESIGN.md "The GPU suite"); see bench/GPU_SUITE.md.
+"""Every GPU test and benchmark in one command (docs/design.md "The GPU suite"); see bench/GPU_SUITE.md.
 
     python bench/gpu_suite.py [--out DIR] [--only PART ...] [--wheelhouse DIR] [--dry-run]
 

@@ -8,7 +8,7 @@
 #
 #   bash bench/pendulum_vs_authors.sh AUTHORS_CHECKOUT AUTHORS_PYTHON OUT
 #
-# AUTHORS_PYTHON: a Python with jax 0.4.30, dm-haiku 0.0.12, optax 0.2.2, numpyro 0.15.2, gymnasium (AUTHORS_CODE.md).
+# AUTHORS_PYTHON: a Python with jax 0.4.30, dm-haiku 0.0.12, optax 0.2.2, numpyro 0.15.2, gymnasium (docs/authors_code.md).
 set -u
 AUTHORS=$1 APY=$2 OUT=$3
 mkdir -p "$OUT"

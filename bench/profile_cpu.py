@@ -20,8 +20,9 @@ from torch.profiler import ProfilerActivity, profile
 from fastrsm.agents import make_agent
 from fastrsm.backend import Ops, make_ops, torch_ops_with_chain
 from fastrsm.bench import fill_random
-from fastrsm.compiled import CompiledAgent
+from fastrsm.compiled import CompiledLearner
 from fastrsm.config import make_config
+from fastrsm.learner import Learner
 from fastrsm.replay import ReplayBuffer
 from fastrsm.utils import seed_everything
 
@@ -59,18 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     agents = {}
     for name, ops in (("reference chain (before)", reference_ops(dev)), ("factored chain", make_ops("torch", dev))):
         seed_everything(0)
-        agents[name] = make_agent("dpmd", OBS, ACT, cfg, dev, ops)
+        agents[name] = Learner(make_agent("dpmd", OBS, ACT, cfg, dev, ops))
     if args.compiled:
         seed_everything(0)
         eager = make_agent("dpmd", OBS, ACT, cfg, dev, make_ops("torch", dev))
-        agents["factored chain, compiled"] = CompiledAgent(eager)
+        agents["factored chain, compiled"] = CompiledLearner(eager)
     rb = ReplayBuffer(10_000, OBS, ACT, dev, cfg.batch_size)
     fill_random(rb, 10_000, 0)
     obs = torch.randn(1, OBS)
     for name, agent in agents.items():
-        # the eager agent's update takes a batch; CompiledAgent's takes the replay and samples inside
         def update(agent=agent):
-            return agent.update(rb) if isinstance(agent, CompiledAgent) else agent.update(rb.sample())
+            return agent.update(rb)
 
         for _ in range(3):  # warm-up (and compilation)
             agent.act(obs, explore=False)

@@ -1,13 +1,15 @@
-"""One switch for the hot paths (DESIGN.md "Dispatch"): the reverse chain, the weighted score-matching loss and
+"""One switch for the hot paths (docs/design.md "Dispatch"): the reverse chain, the weighted score-matching loss and
 best-of-N selection, each as plain PyTorch ('torch'), torch.compile of the same ('compile') or the fused Triton
 kernels of fastrsm.kernels ('triton'). Every backend computes the same function; the PyTorch references live
-beside the kernels in kernels/reference.py.
+beside the kernels in kernels/reference.py. The torch and compile chains are fastrsm.diffusion.sample_chain (the
+library's one chain); the triton chain is the fused kernel, held to the same reference.
 
 Two settings shape the triton chain only:
 - `chain_noise`: 'torch' draws x_T and the per-step noise with torch's generator and hands them to the chain
   (the same random numbers as the torch backend for a seed); 'kernel' draws them inside the kernel with
   Philox from a seed taken from torch's generator (reproducible for a seed, a different stream from torch's,
-  and on a GPU it never materialises the [T, B·N, A] noise tensor).
+  and on a GPU it never materialises the [T, B·N, A] noise tensor). The kernel draws x_T ~ 0.5·N(0, I); a
+  sampler asking for another x_T scale gets its x_T from torch and only the step noise from the kernel.
 - `chain_precision`: 'fp32' (exact products), 'tf32' or 'bf16' matmul operands (GPU only; accumulation and the
   chain state stay fp32).
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .diffusion import factored_chain
+from .diffusion import X_T_SCALE, draw_chain_inputs, randn, run_chain, sample_chain
 from .kernels._utils import interpreter_enabled, triton_device_problem
 from .kernels.reference import best_of_n as best_of_n_reference
 from .kernels.reference import weighted_sm_loss
@@ -33,7 +35,10 @@ CHAIN_NOISE = ("torch", "kernel")
 CHAIN_PRECISIONS = ("fp32", "tf32", "bf16")
 
 __all__ = ["BACKENDS", "CHAIN_NOISE", "CHAIN_PRECISIONS", "BackendError", "Ops", "best_of_n_reference",
-           "interpreter_enabled", "make_ops", "resolve_backend", "triton_available"]
+           "draw_chain_inputs", "interpreter_enabled", "make_ops", "resolve_backend", "triton_available"]
+
+# What kernels/chain.py draws x_T from when it draws it in-kernel: x_T ~ 0.5·N(0, I).
+_KERNEL_X_T_SCALE = 0.5
 
 
 class BackendError(ValueError):
@@ -50,28 +55,21 @@ def triton_available() -> bool:
     return True
 
 
-# On a CPU, 'auto' compiles act and update (fastrsm.compiled) when a run has at least this many updates: the
-# start-up (about a minute on a small CPU, less with inductor's cache) then pays for itself (bench/RESULTS.md).
-AUTO_COMPILE_MIN_UPDATES = 50_000
-
-
 def compiler_available() -> bool:
     """torch.compile on a CPU needs a C++ compiler for inductor's generated code."""
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
-def resolve_backend(name: str, device: torch.device | str, updates: int | None = None) -> str:
-    """'auto' -> 'triton' on CUDA when triton imports; on a CPU 'compile' for a run of at least
-    AUTO_COMPILE_MIN_UPDATES `updates` (when a C++ compiler is present), else 'torch'. Other names are checked
-    and returned."""
+def resolve_backend(name: str, device: torch.device | str) -> str:
+    """'auto' -> on a CPU 'compile' (act and update compiled once per run, fastrsm.compiled) when a C++ compiler
+    is present, else 'torch'; on CUDA 'torch'. The Triton kernels and CUDA graphs are opt-in on CUDA until the GPU
+    suite has passed on a GPU. 'auto' depends on the machine only, never on the run's length, so validation and the
+    run resolve the same backend. Other names are checked and returned."""
     device = torch.device(device)
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
-        if device.type == "cuda":
-            return "triton" if triton_available() else "torch"
-        long_run = updates is not None and updates >= AUTO_COMPILE_MIN_UPDATES
-        return "compile" if long_run and compiler_available() else "torch"
+        return "compile" if device.type == "cpu" and compiler_available() else "torch"
     if name == "triton":
         problem = triton_device_problem(device)
         if problem is not None:
@@ -96,27 +94,18 @@ def check_chain_options(backend: str, device: torch.device | str, chain_noise: s
         raise BackendError("--chain-precision bf16 needs CUDA (the Triton interpreter has no bf16 matmul)")
 
 
-def draw_chain_inputs(rows: int, T: int, A: int, device: torch.device, seeds: int | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_T ~ 0.5·N(0, I) [rows, A] and the per-step noise [T, rows, A], from torch's generator. With `seeds`:
-    [S, rows, A] and [T, S, rows, A], drawn as [S, ...] so that seed s's slice has a single run's shape."""
-    if seeds is None:
-        x_T = 0.5 * torch.randn(rows, A, device=device)
-        noise = torch.randn(T, rows, A, device=device)
-        return x_T, noise
-    x_T = 0.5 * torch.randn(seeds, rows, A, device=device)
-    noise = torch.randn(seeds, T, rows, A, device=device).transpose(0, 1)
-    return x_T, noise
-
-
 @dataclass(frozen=True)
 class Ops:
     """The hot paths of one backend, all with the references' signatures:
 
-    chain(eps_net, sched, s, x_T, noise=None) -> x_0 [B·N, A]   (given x_T; noise None: drawn fresh)
-    sample(eps_net, sched, s, particles) -> actions [B, N, A]   (draws x_T and the noise as `chain_noise` says)
+    chain(eps_net, sched, s, x_T, noise=None, *, generator=None) -> x_0 [B·N, A]
+        (no autograd; given x_T; noise None: drawn fresh)
+    sample(eps_net, sched, s, particles, *, x_T_scale=0.5, generator=None) -> actions [B, N, A]
+        (no autograd; draws x_T ~ x_T_scale·N(0, I) and the noise as `chain_noise` says)
     sm_loss(eps_pred, eps_targets, logits) -> scalar loss         (differentiable in eps_pred)
     best_of_n(q, cand, noise, noise_std, clip=1.0) -> (action [B, A], idx [B])
+
+    What the chains draw comes from `generator` when one is given, else from torch's global generator.
     """
 
     backend: str
@@ -128,36 +117,35 @@ class Ops:
     chain_precision: str = "fp32"
 
 
-def _sampler(chain: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """sample() on top of a chain that takes its noise: draw it with torch, run the chain, shape [B, N, A]."""
+def _torch_chain(run: Callable[..., torch.Tensor]) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    """Ops.chain and Ops.sample as `sample_chain` with `run` as its step loop."""
 
-    def sample(eps_net, sched, s: torch.Tensor, particles: int) -> torch.Tensor:
+    def chain(eps_net, sched, s: torch.Tensor, x_T: torch.Tensor, noise: torch.Tensor | None = None, *,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        return sample_chain(eps_net, sched, s, x_T, noise, generator=generator, run=run)
+
+    def sample(eps_net, sched, s: torch.Tensor, particles: int, *, x_T_scale: float = X_T_SCALE,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         # s [B, S_dim] -> [B, N, A]; with a leading seed axis (stacked eps_net) s [S, B, S_dim] -> [S, B, N, A]
-        B, A = s.shape[-2], eps_net.act_dim
-        seeds = s.shape[0] if s.dim() == 3 else None
-        x_T, noise = draw_chain_inputs(B * particles, sched.T, A, s.device, seeds)
-        return chain(eps_net, sched, s, x_T, noise).reshape(*s.shape[:-2], B, particles, A)
+        x0 = sample_chain(eps_net, sched, s, particles=particles, x_T_scale=x_T_scale, generator=generator, run=run)
+        return x0.reshape(*s.shape[:-2], s.shape[-2], particles, eps_net.act_dim)
 
-    return sample
+    return chain, sample
 
 
-def fresh_noise_chain(run_chain: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Ops.chain on top of `run_chain(eps_net, sched, s, x_T, noise)`: every backend draws fresh noise when none
-    is given."""
-
-    def chain(eps_net, sched, s, x_T, noise=None):
-        if noise is None:
-            noise = torch.randn(sched.T, *x_T.shape, device=x_T.device, dtype=x_T.dtype)
-        return run_chain(eps_net, sched, s, x_T, noise)
-
-    return chain
+def torch_ops_with_chain(run: Callable[..., torch.Tensor], device: torch.device | str) -> Ops:
+    """The torch backend with another step loop (e.g. the unfactored `reverse_chain`, for a before/after
+    comparison): same draws, loss and selection, `run` for the reverse process."""
+    chain, sample = _torch_chain(run)
+    return replace(make_ops("torch", device), chain=chain, sample=sample)
 
 
-def torch_ops_with_chain(run_chain: Callable[..., torch.Tensor], device: torch.device | str) -> Ops:
-    """The torch backend with another PyTorch chain (e.g. the unfactored `reverse_chain`, for a before/after
-    comparison): same loss and selection, `run_chain` for the reverse process."""
-    chain = fresh_noise_chain(run_chain)
-    return replace(make_ops("torch", device), chain=chain, sample=_sampler(chain))
+def _philox_seed(device: torch.device, generator: torch.Generator | None) -> torch.Tensor | None:
+    """The fused chain's in-kernel seed drawn from `generator`, as fused_chain draws it from the global generator
+    when given none (None: leave that draw to fused_chain)."""
+    if generator is None:
+        return None
+    return torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int64, generator=generator)
 
 
 def make_ops(backend: str, device: torch.device | str, chain_precision: str = "fp32",
@@ -166,24 +154,37 @@ def make_ops(backend: str, device: torch.device | str, chain_precision: str = "f
     name = resolve_backend(backend, device)
     check_chain_options(name, device, chain_noise, chain_precision)
     if name in ("torch", "compile"):
-        # the factored chain: the reference's arithmetic with the step-invariant work hoisted (fewer ops and
-        # FLOPs per step; held to reverse_chain by tests/test_factored_chain.py)
-        chain = fresh_noise_chain(torch.compile(factored_chain) if name == "compile" else factored_chain)
+        # compiled: the step loop only; sample_chain draws outside it, so compiled and eager runs consume the
+        # same random numbers (inductor would otherwise draw its own)
+        chain, sample = _torch_chain(torch.compile(run_chain) if name == "compile" else run_chain)
         if name == "torch":
-            return Ops(name, chain, _sampler(chain), weighted_sm_loss, best_of_n_reference)
-        return Ops(name, chain, _sampler(chain), torch.compile(weighted_sm_loss), torch.compile(best_of_n_reference))
+            return Ops(name, chain, sample, weighted_sm_loss, best_of_n_reference)
+        return Ops(name, chain, sample, torch.compile(weighted_sm_loss), torch.compile(best_of_n_reference))
     # triton: imported here, not at the top, so the library works without it
     from .kernels import fused_best_of_n, fused_chain, fused_weighted_sm_loss
 
-    def triton_chain(eps_net, sched, s, x_T, noise=None):
-        # a stacked (S-seed) network runs as one launch with the seed as a grid axis
-        return fused_chain(eps_net, sched, s, x_T, noise, precision=chain_precision)
+    def triton_chain(eps_net, sched, s: torch.Tensor, x_T: torch.Tensor, noise: torch.Tensor | None = None, *,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        # a stacked (S-seed) network runs as one launch with the seed as a grid axis; noise None: drawn in-kernel
+        seed = _philox_seed(s.device, generator) if noise is None else None
+        return fused_chain(eps_net, sched, s, x_T, noise, seed=seed, precision=chain_precision)
 
-    if chain_noise == "kernel":
-        def sample(eps_net, sched, s, particles):
-            # x_T and every step's noise drawn in-kernel (Philox), the seed from torch's generator on the device
-            out = fused_chain(eps_net, sched, s, None, None, particles=particles, precision=chain_precision)
-            return out.reshape(*s.shape[:-2], s.shape[-2], particles, eps_net.act_dim)
-    else:
-        sample = _sampler(triton_chain)
+    def sample(eps_net, sched, s: torch.Tensor, particles: int, *, x_T_scale: float = X_T_SCALE,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        B, A = s.shape[-2], eps_net.act_dim
+        if chain_noise == "kernel":
+            x_T = None
+            if x_T_scale != _KERNEL_X_T_SCALE:
+                x_T = x_T_scale * randn(*s.shape[:-2], B * particles, A, device=s.device, generator=generator)
+            # the step noise (and x_T at the kernel's scale) drawn in-kernel with Philox, from one seed drawn from
+            # torch's generator on the device
+            out = fused_chain(eps_net, sched, s, x_T, None, seed=_philox_seed(s.device, generator),
+                              particles=particles, precision=chain_precision)
+        else:
+            seeds = s.shape[0] if s.dim() == 3 else None
+            x_T, noise = draw_chain_inputs(B * particles, sched.T, A, s.device, seeds, x_T_scale=x_T_scale,
+                                           generator=generator)
+            out = fused_chain(eps_net, sched, s, x_T, noise, precision=chain_precision)
+        return out.reshape(*s.shape[:-2], B, particles, A)
+
     return Ops(name, triton_chain, sample, fused_weighted_sm_loss, fused_best_of_n, chain_noise, chain_precision)

@@ -37,10 +37,10 @@ from . import loop
 from .agents import check_algo, make_agent
 from .backend import BackendError, make_ops
 from .cli import OneLineParser, parse_set, run_main
-from .compiled import CompiledAgent
+from .compiled import CompiledLearner
 from .config import Config, make_config
 from .envs import check_env_id, env_dims, make_vec_env
-from .graphs import GraphedAgent, make_fast_agent
+from .graphs import GraphedLearner
 from .loop import LoopState
 from .replay import ReplayBuffer
 from .utils import UsageError, atomic_write_json, resolve_device, seed_everything
@@ -68,7 +68,7 @@ def fill_random(rb: ReplayBuffer, rows: int, seed: int) -> None:
                rng.random(n) < 0.01)
 
 
-def time_updates(fast: GraphedAgent, rb: ReplayBuffer, n: int, device: torch.device) -> float:
+def time_updates(fast: GraphedLearner, rb: ReplayBuffer, n: int, device: torch.device) -> float:
     """Mean milliseconds per update over `n` back-to-back updates (the host runs ahead as in training)."""
     sync(device)
     if device.type == "cuda":
@@ -85,7 +85,7 @@ def time_updates(fast: GraphedAgent, rb: ReplayBuffer, n: int, device: torch.dev
     return (time.perf_counter() - t0) * 1e3 / n
 
 
-def time_act(fast: GraphedAgent, obs: torch.Tensor, n: int, device: torch.device) -> float:
+def time_act(fast: GraphedLearner, obs: torch.Tensor, n: int, device: torch.device) -> float:
     """Mean milliseconds per action for `obs`, each copied to the host (a sync, as in the training loop)."""
     sync(device)
     t0 = time.perf_counter()
@@ -94,7 +94,7 @@ def time_act(fast: GraphedAgent, obs: torch.Tensor, n: int, device: torch.device
     return (time.perf_counter() - t0) * 1e3 / n
 
 
-def env_loop(cfg: Config, steps: int, seed: int, fast: GraphedAgent | None, rb: ReplayBuffer | None,
+def env_loop(cfg: Config, steps: int, seed: int, fast: GraphedLearner | None, rb: ReplayBuffer | None,
              device: torch.device, warmup_steps: int = 5) -> float:
     """Env steps per second of the training loop's own body (`fastrsm.loop.vector_step`: act, env step sent,
     `utd` updates overlapping it, env step received, replay add), after the replay fill, so every step learns.
@@ -167,7 +167,7 @@ def setup_backend(name: str, cfg: Config, obs_dim: int, act_dim: int, device: to
         rb = ReplayBuffer(cfg.buffer_size, obs_dim, act_dim, device, cfg.batch_size)
         fill_random(rb, min(args.fill, cfg.buffer_size), args.seed)
         # what training runs for this backend: CUDA graphs, whole-function torch.compile, or the eager agent
-        fast = CompiledAgent(agent) if ops_name == "compile" else make_fast_agent(agent, cfg.num_envs, enabled=graphs)
+        fast = CompiledLearner(agent) if ops_name == "compile" else GraphedLearner(agent, cfg.num_envs, enabled=graphs)
         obs = torch.randn(cfg.num_envs, obs_dim, device=device)
         fast.capture(rb, obs)
         for _ in range(args.warmup_updates):
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--env", default="Ant-v4", help="environment id (its observation and action sizes are used)")
     p.add_argument("--algo", default="dpmd", help="dpmd, sdac or sac")
-    p.add_argument("--preset", default="paper", help="paper (SPEC §7) or smoke (tiny, CPU-friendly)")
+    p.add_argument("--preset", default="paper", help="paper (docs/algorithms.md §7) or smoke (tiny, CPU-friendly)")
     p.add_argument("--updates", type=int, default=200, help="timed updates")
     p.add_argument("--warmup-updates", type=int, default=10, help="untimed updates first (after any capture)")
     p.add_argument("--act-calls", type=int, default=50, help="timed act calls")

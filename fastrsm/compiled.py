@@ -1,15 +1,15 @@
-"""torch.compile of the whole acting function and of each update (DESIGN.md "CPU speed"): on a CPU, where eager
+"""torch.compile of the whole acting function and of each update: on a CPU, where eager
 PyTorch pays per-op overhead on small tensors, the T-step chain, the twin-Q scoring and the argmax become one
 graph, and each update (critic step, policy step, α step, their backward passes and optimiser steps, the target
 and EMA updates) is compiled once per distinct `Parts` the agent's schedule names — the same shape as
-fastrsm.graphs' CUDA graphs, asked of the same schedule (`Agent.next_parts`). For DPMD, SDAC and SAC each update is
+fastrsm.graphs' CUDA graphs, for the parts fastrsm.learner's schedule names. For DPMD, SDAC and SAC each update is
 one graph: dynamo traces `backward()`, and the agents step their optimisers through `gradient_step`, which
 dynamo can trace (`Optimizer.step` cannot be).
 
-`CompiledAgent` offers the training loop's two calls, `act(obs, explore)` and `update(replay)`, and falls through
-to the agent for everything else. The first call of each variant compiles (seconds to minutes on a small CPU);
-`compile_seconds` adds them up so the run can report its start-up cost. Results equal the eager agent's up to
-floating-point reassociation by the compiler (tests/test_compiled.py)."""
+`CompiledLearner` is the compiled form of fastrsm.learner's one update protocol (the schedule stays there). The
+first call of each variant compiles (seconds to minutes on a small CPU); `compile_seconds` adds them up so the run
+can report its start-up cost. Results equal the eager agent's up to floating-point reassociation by the compiler
+(tests/test_compiled.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 from .agents.base import Agent, Parts
-
-Metrics = dict[str, torch.Tensor]
+from .learner import Learner, Metrics
 
 # Dynamo traces `loss.backward()` into the graph (torch >= 2.12's `trace_autograd_ops`; older versions break the
 # graph there). With the agents' `gradient_step` (no Optimizer.step, which always breaks the graph) a DPMD or SDAC
@@ -31,11 +30,11 @@ _TRACE_BACKWARD: dict[str, Any] = (
     {"trace_autograd_ops": True} if hasattr(torch._dynamo.config, "trace_autograd_ops") else {})
 
 
-class CompiledAgent:
-    """An Agent whose `act` and `update` run torch.compile'd functions; see the module docstring."""
+class CompiledLearner(Learner):
+    """A Learner whose `act` and update parts run torch.compile'd functions; see the module docstring."""
 
     def __init__(self, agent: Agent, mode: str | None = None):
-        self.agent = agent
+        super().__init__(agent)
         self.mode = mode
         if mode is None and agent.device.type == "cpu":
             # inductor's C++ wrapper calls the generated kernels from C++ rather than Python: a one-observation
@@ -49,13 +48,9 @@ class CompiledAgent:
         self.compile_seconds = 0.0
         self._seen: set[tuple] = set()
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "agent":
-            raise AttributeError(name)
-        return getattr(self.agent, name)
-
     def __repr__(self) -> str:
-        return f"CompiledAgent({type(self.agent).__name__}, acts={sorted(self._acts)}, updates={sorted(self._updates)})"
+        return (f"CompiledLearner({type(self.agent).__name__}, acts={sorted(self._acts)}, "
+                f"updates={sorted(self._updates)})")
 
     def _timed(self, key: tuple, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn`; the first call for `key` (which compiles) counts towards `compile_seconds`."""
@@ -114,11 +109,5 @@ class CompiledAgent:
             self._updates[parts] = fn
         return fn
 
-    def update(self, replay: Any) -> Metrics:
-        agent = self.agent
-        parts = agent.next_parts()
-        fn = self._update_fn(parts)
-        agent.schedule()
-        metrics = self._timed(("update", parts), fn, replay.sample())
-        agent.advance(parts)
-        return metrics
+    def _run(self, parts: Parts, replay: Any) -> Metrics:
+        return self._timed(("update", parts), self._update_fn(parts), replay.sample())

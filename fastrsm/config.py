@@ -1,8 +1,13 @@
 """Typed configuration and presets.
 
-`paper` is SPEC.md §7 (the authors' MuJoCo configuration); `small` halves its networks, chain and particles
-for MuJoCo on a CPU (bench/LEARNING.md); `smoke` is a tiny CPU-friendly variant used by the learning tests.
-Any field can be overridden by name (`--set lr_policy=1e-4` or `--lr-policy 1e-4`).
+`Config` holds the settings every run has (env, budget, evaluation, replay, networks, critic, diffusion chain)
+and, flat beside them, each algorithm's own settings: a dataclass in the algorithm's agent file (its `Settings`,
+fastrsm.agents), registered with the algorithm. Adding an algorithm adds its file, not fields here; a setting is
+still read as `cfg.<name>`, set as `--<name> V` or `--set name=V`, and written flat to config.json.
+
+`paper` is docs/algorithms.md §7 (the authors' MuJoCo configuration); `small` halves its networks, chain and
+particles for MuJoCo on a CPU (bench/LEARNING.md); `smoke` is a tiny CPU-friendly variant used by the learning
+tests. An algorithm's own values in a preset live with its settings (`AlgoSettings.presets`).
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ import dataclasses
 import difflib
 import json
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from .backend import BACKENDS, CHAIN_NOISE, CHAIN_PRECISIONS
 from .diffusion import SCHEDULES
@@ -32,6 +38,58 @@ class ConfigError(ValueError):
     """A user-facing configuration mistake; the CLI prints it on one line and exits with code 2."""
 
 
+Need = Callable[[bool, str], None]
+
+
+@dataclass
+class AlgoSettings:
+    """An algorithm's own settings: subclass it as a dataclass in the agent's file and name it as the agent's
+    `Settings`. Field names carry the algorithm's prefix where another algorithm could want the same word."""
+
+    # preset name -> this algorithm's values in that preset (applied after the preset's common part, before the
+    # user's settings)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # field name -> a note shown beside the flag in `fastrsm-train --help`
+    help: ClassVar[dict[str, str]] = {}
+
+    @staticmethod
+    def check(cfg: Config, need: Need) -> None:
+        """Refuse invalid values of this algorithm's settings (called by Config.validate for every algorithm)."""
+
+
+# Every registered algorithm's settings: field name -> (dataclass field, the settings class declaring it).
+_ALGO_FIELDS: dict[str, tuple[dataclasses.Field, type[AlgoSettings]]] = {}
+_ALGO_SETTINGS: list[type[AlgoSettings]] = []
+
+
+def register_settings(settings: type[AlgoSettings]) -> None:
+    """Make an algorithm's settings part of Config (fastrsm.agents registers each algorithm's). Two algorithms may
+    share a field only through a shared base class (one declaration)."""
+    if settings in _ALGO_SETTINGS:
+        return
+    common = {f.name for f in dataclasses.fields(Config)}
+    for f in dataclasses.fields(settings):
+        if f.name in common:
+            raise TypeError(f"{settings.__name__}.{f.name} is a common setting of Config")
+        owner = _ALGO_FIELDS.get(f.name)
+        if owner is not None and not issubclass(settings, owner[1]) and owner[0] is not f:
+            raise TypeError(f"{settings.__name__}.{f.name} is already {owner[1].__name__}'s setting")
+        if owner is None:
+            _ALGO_FIELDS[f.name] = (f, settings)
+    _ALGO_SETTINGS.append(settings)
+
+
+def _algo_fields() -> dict[str, tuple[dataclasses.Field, type[AlgoSettings]]]:
+    # the agents register their settings when fastrsm.agents is imported; it imports this module, so not at the top
+    from . import agents  # noqa: F401
+
+    return _ALGO_FIELDS
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
 @dataclass
 class Config:
     # --- run ---
@@ -45,7 +103,9 @@ class Config:
     device: str = "auto"
     backend: str = "auto"
     torch_threads: int = 0  # CPU threads for torch; 0 = torch's default. Small nets run fastest on 1.
-    cuda_graphs: bool = True  # capture acting and the update step in CUDA graphs (CUDA only; not with compile)
+    # capture acting and the update step in CUDA graphs (CUDA only; not with compile); experimental until the GPU
+    # suite has passed on a GPU, so opt-in
+    cuda_graphs: bool = False
     env_backend: str = "auto"  # auto = EnvPool where it has the id, else gymnasium
     chain_noise: str = "torch"  # triton backend: 'kernel' draws the chain's noise in-kernel (Philox)
     chain_precision: str = "fp32"  # triton backend: fp32, or tf32 / bf16 matmul operands (GPU)
@@ -53,6 +113,10 @@ class Config:
     eval_every: int = 50_000
     eval_episodes: int = 20
     log_every: int = 5_000
+    # env steps between `latest` checkpoints; the training envs are re-created (episodes cut as truncations) at
+    # each, so that a checkpoint describes the run completely. Not tied to eval_every: the evaluation cadence
+    # never moves training.
+    checkpoint_every: int = 50_000
     stop_return: float = math.inf  # end the run once an evaluation reaches this mean return
     # --- replay ---
     buffer_size: int = 1_000_000
@@ -107,11 +171,7 @@ class Config:
     sdac_q_scale: float = 5.0  # SDAC logits are sdac_q_scale * q / alpha
     sdac_anchor: str = "policy"  # h_t: the policy's action at s' noised (policy) or the replay action at s (replay)
     sdac_reverse: str = "clip"  # reverse samples a_0^k clipped to [-1, 1] (clip) or from a truncated normal
-    # --- SAC ---
-    sac_alpha_init: float = math.e  # log α₀ = 1, the authors' SAC baseline
-    sac_policy_delay: int = 1  # the authors' SAC: actor, α and targets on every gradient update
-    lr_sac_alpha: float = 3e-4
-    # --- DACER / DACER2 (SPEC §10; sources in fastrsm/agents/dacer.py, dacer2.py and the README) ---
+    # --- DACER / DACER2 (docs/algorithms.md §10; sources in fastrsm/agents/dacer.py, dacer2.py and the README) ---
     dacer_noise: float = 0.1  # λ_n: acting noise std is exp(log α)·λ_n (0.15 on Humanoid/HalfCheetah)
     dacer_alpha_init: float = 3.0  # α₀ (log α₀ = log 3)
     lr_dacer_alpha: float = 0.03
@@ -131,6 +191,29 @@ class Config:
     # --- housekeeping ---
     save_replay: bool = True
     nan_check_every: int = 1_000  # env steps between NaN/inf checks of losses and parameters
+    # --- every algorithm's own settings (AlgoSettings), read and written as cfg.<name> ---
+    algo_settings: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        given = dict(self.algo_settings)
+        fields = _algo_fields()
+        unknown = sorted(set(given) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]!r}")
+        self.algo_settings = {name: given.get(name, _default(f)) for name, (f, _) in fields.items()}
+
+    def __getattr__(self, name: str) -> Any:  # only reached when ordinary lookup fails: an algorithm's setting
+        algo = self.__dict__.get("algo_settings")
+        if algo is not None and name in algo:
+            return algo[name]
+        raise AttributeError(f"Config has no setting {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        algo = self.__dict__.get("algo_settings")
+        if algo is not None and name in algo:
+            algo[name] = value
+        else:
+            object.__setattr__(self, name, value)
 
     def validate(self) -> Config:
         def need(cond: bool, msg: str) -> None:
@@ -159,15 +242,15 @@ class Config:
              f"not {self.dpmd_weights!r}")
         for name in ("total_steps", "num_envs", "batch_size", "buffer_size", "hidden", "layers", "time_dim",
                      "diffusion_steps", "particles", "reverse_samples", "eval_episodes", "policy_delay",
-                     "sac_policy_delay", "alpha_every", "eval_every", "log_every"):
+                     "alpha_every", "eval_every", "log_every", "checkpoint_every"):
             v = getattr(self, name)
             need(v > 0, f"{name.replace('_', '-')} must be a positive integer, got {v}")
         for name in ("warmup_steps", "torch_threads", "lr_decay_start", "lr_decay_end", "nan_check_every",
                      "critic_layers", "train_particles", "target_particles"):
             v = getattr(self, name)
             need(v >= 0, f"{name.replace('_', '-')} must be >= 0, got {v}")
-        for name in ("utd", "lr_q", "lr_policy", "lr_policy_end", "lr_alpha", "lr_sac_alpha", "alpha_init",
-                     "sac_alpha_init", "beta_scale", "q_norm_rate", "q_clip", "sdac_q_scale", "reward_scale"):
+        for name in ("utd", "lr_q", "lr_policy", "lr_policy_end", "lr_alpha", "alpha_init",
+                     "beta_scale", "q_norm_rate", "q_clip", "sdac_q_scale", "reward_scale"):
             v = getattr(self, name)
             need(math.isfinite(v) and v > 0, f"{name.replace('_', '-')} must be a positive number, got {v}")
         need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
@@ -192,18 +275,25 @@ class Config:
             v = getattr(self, name)
             need(math.isfinite(v) and v >= 0, f"{name.replace('_', '-')} must be >= 0, got {v}")
         need(math.isfinite(self.dacer2_w_slope) and math.isfinite(self.dacer2_w_bias), "dacer2-w-* must be finite")
+        for settings in _ALGO_SETTINGS:
+            settings.check(self, need)
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every setting, flat (common and algorithms' alike), as config.json and checkpoints store them."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "algo_settings"}
+        return {**out, **self.algo_settings}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # Tiny nets, few particles and diffusion steps: a CPU can learn InvertedPendulum in a couple of minutes.
     "smoke": dict(
-        total_steps=20_000, num_envs=1, utd=1.0, warmup_steps=1_000, eval_every=2_000, eval_episodes=5,
-        log_every=1_000, buffer_size=100_000, batch_size=128, hidden=64, layers=2, diffusion_steps=5,
+        # eager: a smoke run lasts minutes, and torch.compile's start-up (about a minute on a small CPU) would not
+        # pay for itself
+        backend="torch", total_steps=20_000, num_envs=1, utd=1.0, warmup_steps=1_000, eval_every=2_000,
+        checkpoint_every=2_000, eval_episodes=5, log_every=1_000, buffer_size=100_000, batch_size=128, hidden=64,
+        layers=2, diffusion_steps=5,
         particles=8, reverse_samples=16, lr_decay_start=5_000, lr_decay_end=10_000,
         # α (and with it the exploration noise 0.1·α) keeps the authors' schedule: α₀ = 5, lr 7e-3, a step every
         # 250 gradient updates. A faster anneal (α₀ 3, lr 3e-2 every 20 updates, this preset until 2026-11-29)
@@ -224,15 +314,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # run spent at α 5 → 3.5 (noise 0.5 → 0.35) left DPMD 6-10x behind SAC on InvertedDoublePendulum at 12.5k steps
     # (4 seeds: 620-880 vs 8 424); with α₀ = 1 seeds 0 and 1 reached 9 359 and 7 535 (bench/LEARNING.md).
     "small": dict(
-        num_envs=1, utd=1.0, warmup_steps=5_000, eval_every=5_000, eval_episodes=10, log_every=1_000,
-        total_steps=100_000, buffer_size=1_000_000, batch_size=256, hidden=128, layers=2, diffusion_steps=10,
+        num_envs=1, utd=1.0, warmup_steps=5_000, eval_every=5_000, checkpoint_every=5_000, eval_episodes=10,
+        log_every=1_000, total_steps=100_000, buffer_size=1_000_000, batch_size=256, hidden=128, layers=2,
+        diffusion_steps=10,
         particles=16, reverse_samples=16, lr_decay_start=25_000, lr_decay_end=50_000, torch_threads=1,
         # the bootstrap's a' (DPMD's a_0, SDAC's anchor) is the best of 4, not of 16: that best-of-N over the whole
         # batch is 3/4 of a DPMD update at N = 16 (99 ms vs 29 ms per update on one CPU thread, Hopper)
         target_particles=4, lr_q=1e-3, lr_policy=1e-3, lr_policy_end=1e-4, tau=0.02, reward_scale=1.0,
         alpha_init=1.0,
     ),
-    # DACER's MuJoCo numbers (official code: scripts/train_mujoco.py, relax/algorithm/dacer.py; SPEC §10):
+    # DACER's MuJoCo numbers (official code: scripts/train_mujoco.py, relax/algorithm/dacer.py; docs/algorithms.md §10):
     # T = 20 on the VP schedule, 20 envs with one update per vector step, Adam 1e-4 with no decay, warm-up 3e4.
     "dacer": dict(
         algo="dacer", diffusion_steps=20, schedule="vp", num_envs=20, utd=1 / 20, warmup_steps=30_000,
@@ -245,10 +336,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr_q=1e-4, lr_policy=1e-4, lr_policy_end=1e-4, tau=0.005, reward_scale=0.2, batch_size=256,
         policy_delay=2,
     ),
-    # The authors' later library FlowRL (SPEC §11; per-algorithm settings in PRESET_ALGO). Not reproduced: its
-    # ε-network's learnable Fourier time embedding (64) and state MLP (128, 128); fastrsm keeps its own ε-network.
+    # The authors' later library FlowRL (docs/algorithms.md §11; per-algorithm settings in PRESET_ALGO). Not reproduced:
+    # its ε-network's learnable Fourier time embedding (64) and state MLP (128, 128); fastrsm keeps its own ε-network.
     "flowrl": dict(
-        num_envs=1, utd=1.0, warmup_steps=5_000, eval_every=10_000, eval_episodes=10, log_every=1_000,
+        num_envs=1, utd=1.0, warmup_steps=5_000, eval_every=10_000, checkpoint_every=10_000, eval_episodes=10,
+        log_every=1_000,
         batch_size=256, buffer_size=1_000_000, learn_alpha=False, explore_std=0.0, particles=10,
         train_particles=1, target_particles=1, policy_delay=1, lr_q=3e-4, lr_policy=3e-4, lr_policy_end=3e-4,
         tau=0.005, gamma=0.99, reward_scale=1.0, critic_layers=2, critic_activation="relu", schedule="cosine",
@@ -259,10 +351,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Settings a preset gives one algorithm only (applied after the preset's common part, before the user's).
 PRESET_ALGO: dict[str, dict[str, dict[str, Any]]] = {
-    # DACER and DACER2 at the small preset's sizes keep what defines them (SPEC §10): the VP schedule, DACER2's
-    # five steps, their own α₀ 3; they act with one chain sample (no best-of-N) whatever `particles` says. (α₀ 1,
-    # DPMD/SDAC's starting noise, was tried on InvertedDoublePendulum: the policy saturated at the action bound on
-    # 98 % of states instead of 69 %, the same returns; bench/LEARNING.md.)
+    # DACER and DACER2 at the small preset's sizes keep what defines them (docs/algorithms.md §10): the VP schedule,
+    # DACER2's five steps, their own α₀ 3; they act with one chain sample (no best-of-N) whatever `particles` says. (α₀
+    # 1, DPMD/SDAC's starting noise, was tried on InvertedDoublePendulum: the policy saturated at the action bound on 98
+    # % of states instead of 69 %, the same returns; bench/LEARNING.md.)
     "small": {
         "dacer": dict(schedule="vp"),
         "dacer2": dict(schedule="vp", diffusion_steps=5),
@@ -286,16 +378,25 @@ FIELD_HELP: dict[str, str] = {
     "learn_alpha": "false: a fixed temperature α = alpha-init (FlowRL)",
     "lr_decay_start": "policy-optimiser steps (optax counts its own updates)",
     "public_code_norm": "reproduce the public DPMD's q - mean / std precedence bug (constant weights)",
-    "sac_policy_delay": "1 = the authors' SAC baseline the paper compares against; 2 = TD3-style",
 }
 
 
 def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(Config)]
+    """Every setting's name: the common ones, then each algorithm's."""
+    return [f.name for f in dataclasses.fields(Config) if f.name != "algo_settings"] + list(_algo_fields())
+
+
+def field_help() -> dict[str, str]:
+    """Notes shown beside a setting in `fastrsm-train --help`: the common ones and each algorithm's."""
+    out = dict(FIELD_HELP)
+    for settings in _ALGO_SETTINGS:
+        out.update(settings.help)
+    return out
 
 
 def _coerce(name: str, raw: Any) -> Any:
-    ftype = {f.name: f.type for f in dataclasses.fields(Config)}[name]
+    common = {f.name: f.type for f in dataclasses.fields(Config)}
+    ftype = common[name] if name in common else _algo_fields()[name][0].type
     default = getattr(Config(), name)
     if not isinstance(raw, str):
         if isinstance(default, bool) and not isinstance(raw, bool):
@@ -347,9 +448,17 @@ def make_config(preset: str = "paper", overrides: dict[str, Any] | None = None) 
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     cfg = apply_overrides(Config(), dict(PRESETS[preset]))
     algo = (overrides or {}).get("algo", cfg.algo)
-    cfg = apply_overrides(cfg, dict(PRESET_ALGO.get(preset, {}).get(algo, {})))
+    cfg = apply_overrides(cfg, preset_for_algo(preset, algo))
     cfg = apply_overrides(cfg, overrides or {})
     return cfg.validate()
+
+
+def preset_for_algo(preset: str, algo: str) -> dict[str, Any]:
+    """What `preset` gives `algo` alone: PRESET_ALGO's entry, then the algorithm's own (its settings' presets)."""
+    from .agents import AGENTS
+
+    own = AGENTS[algo].Settings.presets.get(preset, {}) if algo in AGENTS else {}
+    return {**PRESET_ALGO.get(preset, {}).get(algo, {}), **own}
 
 
 def load_config_file(path: str) -> dict[str, Any]:

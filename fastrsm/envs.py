@@ -275,7 +275,7 @@ class VecEnv:
 @contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the construction-time noise that says nothing actionable here: the v4 tasks are the paper's
-    (SPEC.md §8), and EnvPool's float64 Box bounds trip gymnasium's float32 precision notice."""
+    (docs/algorithms.md §8), and EnvPool's float64 Box bounds trip gymnasium's float32 precision notice."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*is out of date", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*precision lowered by casting", category=UserWarning)

@@ -1,4 +1,4 @@
-"""The evaluation protocol (SPEC §7) and `fastrsm-eval RUN_DIR`.
+"""The evaluation protocol (docs/algorithms.md §7) and `fastrsm-eval RUN_DIR`.
 
 Evaluation runs `episodes` whole episodes on env instances separate from training (their own seed), with
 the deterministic policy: best-of-N from the EMA diffusion policy without added noise, or SAC's tanh(mean)."""

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .backend import compiler_available
-from .compiled import CompiledAgent
+from .compiled import CompiledLearner
 from .policy import NumpyActing, Policy, _own_rng, checkpoint_path, load_policy, to_env_bounds
 from .utils import UsageError
 
@@ -41,7 +41,7 @@ class _EvalAct(nn.Module):
 
     def __init__(self, policy: Policy):
         super().__init__()
-        agent = policy.agent.agent if isinstance(policy.agent, CompiledAgent) else policy.agent
+        agent = policy.agent.agent if isinstance(policy.agent, CompiledLearner) else policy.agent
         self.agent = agent
         self.register_buffer("action_low", torch.as_tensor(policy.action_low, dtype=torch.float32))
         self.register_buffer("action_half", torch.as_tensor((policy.action_high - policy.action_low) / 2.0,

@@ -1,7 +1,7 @@
-"""DACER's entropy estimate (SPEC §10): fit a K-component full-covariance Gaussian mixture to the actions the
-policy draws at each state, and take H = −Σ_k w_k log w_k + Σ_k w_k·(½d(1 + log 2π) + ½ logdet Σ_k), averaged
-over states (DACER code, relax/algorithm/dacer.py `estimate_entropy`; an upper bound on the mixture's entropy,
-equal to it when the components do not overlap).
+"""DACER's entropy estimate (docs/algorithms.md §10): fit a K-component full-covariance Gaussian mixture to the actions
+the policy draws at each state, and take H = −Σ_k w_k log w_k + Σ_k w_k·(½d(1 + log 2π) + ½ logdet Σ_k), averaged over
+states (DACER code, relax/algorithm/dacer.py `estimate_entropy`; an upper bound on the mixture's entropy, equal to it
+when the components do not overlap).
 
 The official code fits one scikit-learn `GaussianMixture` per state on the host. `gmm_entropy` fits all states at
 once with EM in torch: a fixed number of iterations, no host synchronisation (Cholesky via `cholesky_ex`), so it

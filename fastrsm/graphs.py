@@ -1,15 +1,14 @@
-"""CUDA-graph capture of the acting path and of the whole update step (DESIGN.md "LeanRL").
+"""CUDA-graph capture of the acting path and of the whole update step (LeanRL's static shapes).
 
-`GraphedAgent` wraps an Agent and offers the same two hot calls:
+`GraphedLearner` is the CUDA-graphed form of fastrsm.learner's one update protocol:
 
 - `act(obs, explore)`: for a batch of exactly `num_envs` states, one graph per `explore` flag holds the whole
   best-of-N path (the N-particle reverse chain, Q scoring, selection, exploration noise); `obs` is copied into
   a static input buffer before each replay.
-- `update(replay)`: replay sampling on the device (`ReplayBuffer.sample()` is sync-free and static-shape) and
-  the complete `Agent.update` — critic, policy, alpha, EMA and target updates — in one graph per distinct
-  `Parts`. Which parts an update runs is the agent's schedule alone (`Agent.next_parts()`, host side); this
-  module only asks it, replays the graph of those parts (capturing it on first use) and lets the agent count
-  the update (`Agent.advance`). An algorithm with another periodic step changes its schedule, not this file.
+- the update: replay sampling on the device (`ReplayBuffer.sample()` is sync-free and static-shape) and the
+  agent's `update_step` — critic, policy, alpha, EMA and target updates — in one graph per distinct `Parts`.
+  Which parts an update runs is decided by `Learner.update` from the agent's schedule; this module only replays
+  the graph of those parts, capturing it on first use.
 
 One graph per update (rather than one per part, replayed in turn) keeps a single launch per update and lets the
 critic step's best-of-N draws flow into the policy step as ordinary tensors inside the graph, with no static
@@ -28,8 +27,7 @@ checkpoint restore replaces the optimisers' state tensors: the wrapper notices t
 buffer) and re-captures. Outputs are static: the metrics dict of an update holds tensors that the next replay
 of the same parts overwrites, and `float()` on them is the caller's (interval) sync.
 
-Off CUDA, or when disabled, the same API runs the eager agent: `update(replay)` is
-`agent.update(replay.sample())` and `act` is `agent.act`, so results are identical. `emulate=True` runs the
+Off CUDA, or when disabled, it is the eager Learner, so results are identical. `emulate=True` runs the
 capture bookkeeping (warm-up, snapshot/restore, lr writes, static outputs) without a
 GPU, re-running the captured call eagerly at each "replay": the CPU tests use it to check that bookkeeping.
 """
@@ -42,9 +40,7 @@ from typing import Any
 import torch
 
 from .agents.base import Agent, Parts
-from .replay import ReplayBuffer
-
-Metrics = dict[str, torch.Tensor]
+from .learner import Learner, Metrics, Sampler
 
 
 def graphs_supported(device: torch.device | str) -> bool:
@@ -128,15 +124,13 @@ class _Captured:
             _copy_into(self.outputs, self.rerun())
 
 
-class GraphedAgent:
-    """An Agent whose `act` (for `num_envs` states) and `update` run as CUDA graphs; see the module docstring.
-
-    Attributes the wrapper does not define are the agent's (`updates`, `alpha`, `checkpoint()`, ...), so it can
-    stand in for the agent in a training loop."""
+class GraphedLearner(Learner):
+    """A Learner whose `act` (for `num_envs` states) and update parts run as CUDA graphs; see the module
+    docstring. Off CUDA (or not `enabled`) it is the eager Learner, bit for bit."""
 
     def __init__(self, agent: Agent, num_envs: int, enabled: bool = True, warmup_iters: int = 3,
                  emulate: bool = False):
-        self.agent = agent
+        super().__init__(agent)
         self.num_envs = int(num_envs)
         self.warmup_iters = max(1, int(warmup_iters))
         if emulate:
@@ -151,13 +145,8 @@ class GraphedAgent:
         self._binding: tuple[Any, ...] | None = None
         self.captures = 0  # graphs captured so far (re-captures included)
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "agent":  # not set yet (during unpickling or a failed __init__)
-            raise AttributeError(name)
-        return getattr(self.agent, name)
-
     def __repr__(self) -> str:
-        return (f"GraphedAgent({type(self.agent).__name__}, mode={self.mode!r}, num_envs={self.num_envs}, "
+        return (f"GraphedLearner({type(self.agent).__name__}, mode={self.mode!r}, num_envs={self.num_envs}, "
                 f"update graphs={sorted(self._updates)}, act graphs={sorted(self._acts)})")
 
     @property
@@ -182,24 +171,19 @@ class GraphedAgent:
         return captured.outputs.clone()  # the static output is overwritten by the next replay
 
     # ------------------------------------------------------------------------------------------ updates
-    def update(self, replay: ReplayBuffer) -> Metrics:
-        """One update as `agent.update(replay.sample())`: the parts the agent's schedule names, replayed.
-
-        Graphed, the returned tensors are static: the next replay of the same parts overwrites them."""
-        agent = self.agent
+    def _run(self, parts: Parts, replay: Sampler) -> Metrics:
+        """The update of `parts` replayed (captured on first use). Graphed, the returned tensors are static: the
+        next replay of the same parts overwrites them."""
         if self.mode == "eager":
-            return agent.update(replay.sample())
+            return super()._run(parts, replay)
         self._bind(replay)
-        parts = agent.next_parts()
         captured = self._updates.get(parts)
         if captured is None:
             captured = self._updates[parts] = self._capture_update(replay, parts)
-        agent.schedule()  # host-side lr schedule, written in place before the replay
         captured.replay()
-        agent.advance(parts)
         return dict(captured.outputs)
 
-    def capture(self, replay: ReplayBuffer, obs: torch.Tensor | None = None) -> None:
+    def capture(self, replay: Sampler, obs: torch.Tensor | None = None) -> None:
         """Capture now every `Parts` the agent's schedule can reach (and act(explore=True) for `obs`), so no
         capture happens later inside a timed or latency-sensitive stretch. A no-op when eager."""
         if self.mode == "eager":
@@ -214,7 +198,7 @@ class GraphedAgent:
             self._capture_act(obs, explore=True)
 
     # ------------------------------------------------------------------------------------------ internals
-    def _bind(self, replay: ReplayBuffer) -> None:
+    def _bind(self, replay: Sampler) -> None:
         """Update graphs hold the addresses of the replay storage, the optimiser state and the lr tensors. A
         checkpoint restore (Optimizer.load_state_dict) replaces the latter two: then re-capture."""
         opts = list(self.agent.optimizers().values())
@@ -233,7 +217,7 @@ class GraphedAgent:
         self._acts[explore] = (static_obs, captured)
         return static_obs, captured
 
-    def _capture_update(self, replay: ReplayBuffer, parts: Parts) -> _Captured:
+    def _capture_update(self, replay: Sampler, parts: Parts) -> _Captured:
         if len(replay) == 0:
             raise RuntimeError("cannot capture an update on an empty replay buffer: add transitions first")
         return self._capture(lambda: self.agent.update_step(replay.sample(), parts), f"update{parts}")
@@ -265,7 +249,3 @@ class GraphedAgent:
         finally:
             snapshot.restore(self.agent)
 
-
-def make_fast_agent(agent: Agent, num_envs: int, enabled: bool) -> GraphedAgent:
-    """The training loop's agent: graphed on CUDA when `enabled`, the eager agent otherwise (same API)."""
-    return GraphedAgent(agent, num_envs, enabled=enabled)

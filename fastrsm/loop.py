@@ -75,22 +75,10 @@ def announce_compile(fast: Any, said: bool) -> bool:
     return True
 
 
-def training_agent(agent: Any, cfg: Config, backend: str) -> Any:
-    """The loop's agent: whole-function torch.compile for the 'compile' backend (fastrsm.compiled), CUDA graphs
-    on CUDA when `cuda_graphs` (fastrsm.graphs), else the agent's own eager calls (the same two-call API)."""
-    if backend == "compile":
-        from .compiled import CompiledAgent
-
-        return CompiledAgent(agent)
-    from .graphs import make_fast_agent
-
-    return make_fast_agent(agent, cfg.num_envs, enabled=cfg.cuda_graphs)
-
-
 def vector_step(cfg: Config, envs: VecEnv, agent: Any, replay: Any, obs: np.ndarray, st: LoopState,
                 metrics: dict[str, torch.Tensor], device: torch.device) -> StepResult:
     """One step of the `num_envs` envs with its updates; returns the env's result (its `next_obs` is the next
-    `obs`). `agent` is the training loop's agent (a GraphedAgent or an Agent with the same two calls);
+    `obs`). `agent` offers `act(obs, explore)` and `update(replay)` (fastrsm.learner);
     `metrics` receives the last update's metrics (device tensors, read at log intervals)."""
     E = cfg.num_envs
     with nvtx_range("act"):

@@ -1,5 +1,5 @@
-"""The losses of SPEC §4–6, written as the math reads. These are the references: kernels and captured graphs
-must compute the same numbers.
+"""The losses of docs/algorithms.md §4–6, written as the math reads. These are the references: kernels and captured
+graphs must compute the same numbers.
 
 Conventions: ‖·‖² sums over action dimensions; losses average over the batch of states (the last batch axis:
 with a leading seed axis, S agents at once, each loss is [S], every seed's own mean; fastrsm.seeds).

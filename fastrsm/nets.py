@@ -120,7 +120,7 @@ class EpsilonNet(nn.Module):
     """eps_theta(a_t, s, t): sinusoidal(t) -> Linear(2d) -> Mish -> Linear(d); concat(s, a_t, emb) -> Mish MLP.
 
     The first hidden layer is one Linear over concat(s, a_t, emb); `first_layer_parts` splits its weight into
-    the state, action and time blocks, which is what the fused chain kernel needs (SPEC §2, last note).
+    the state, action and time blocks, which is what the fused chain kernel needs (docs/algorithms.md §2, last note).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, time_dim: int = 16,

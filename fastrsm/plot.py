@@ -2,8 +2,8 @@
 
     fastrsm-plot runs/ [more runs or run dirs ...] [--out plot.png] [--table-format {text,markdown,csv}]
 
-Reads only `config.json` and `eval.csv` of each run (DESIGN.md "Run directory"); `summary.json` is used
-for the status and as a fallback for names. The table follows SPEC.md §7: per seed the best evaluation
+Reads only `config.json` and `eval.csv` of each run (docs/design.md "Run directory"); `summary.json` is used
+for the status and as a fallback for names. The table follows docs/algorithms.md §7: per seed the best evaluation
 average (max of eval.csv's return_mean), then mean ± std over seeds.
 """
 
@@ -247,7 +247,7 @@ def _groups(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
 
 
 def paper_table(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """SPEC.md §7 table, one row per (env, algo): per seed the best evaluation average, then mean ± std
+    """docs/algorithms.md §7 table, one row per (env, algo): per seed the best evaluation average, then mean ± std
     (population, ddof=0) over seeds. Keys: env, algo, n_seeds, mean, std, seeds, per_seed, per_seed_step."""
     rows = []
     for (env, algo), rs in _groups(runs).items():

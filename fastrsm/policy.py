@@ -1,7 +1,7 @@
 """A trained policy you can deploy: `fastrsm.load_policy(run_dir)` -> `Policy`, NumPy observations in,
 actions in the env's own bounds out. The one way to act with a trained policy; `fastrsm-eval` uses it.
 
-Evaluation behaviour (SPEC §3, §7): the EMA diffusion policy, best-of-N with the run's N (or `particles`),
+Evaluation behaviour (docs/algorithms.md §3, §7): the EMA diffusion policy, best-of-N with the run's N (or `particles`),
 no exploration noise; SAC acts with tanh(mean). The policy draws its random numbers from its own generator
 state (seeded by `seed`), so the same seed gives the same actions and the caller's global RNG is untouched.
 """
@@ -17,8 +17,9 @@ import torch
 
 from .agents import Agent, make_agent
 from .backend import make_ops
-from .compiled import CompiledAgent
+from .compiled import CompiledLearner
 from .config import field_names, make_config
+from .learner import Learner
 from .runlog import load_checkpoint
 from .utils import UsageError, resolve_device
 
@@ -61,8 +62,9 @@ class Policy(NumpyActing):
     [act_dim] or [B, act_dim] (NumPy float32) in the env's action bounds."""
 
     def __init__(self, agent: Agent, action_low: np.ndarray, action_high: np.ndarray, env_id: str, algo: str,
-                 particles: int | None, seed: int = 0):
+                 particles: int | None, seed: int = 0, learner: Learner | None = None):
         self.agent = agent
+        self.learner = learner or Learner(agent)  # how it acts: eager, or compiled (fastrsm.learner)
         self.device = agent.device
         self.env_id, self.algo, self.particles = env_id, algo, particles
         self.obs_dim, self.act_dim = agent.obs_dim, agent.act_dim
@@ -83,7 +85,7 @@ class Policy(NumpyActing):
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(f"observations must be [B, {self.obs_dim}], got {tuple(obs.shape)}")
         with _own_rng(self._gen, self.device):
-            return self.agent.act(obs.to(self.device, torch.float32), explore=False)
+            return self.learner.act(obs.to(self.device, torch.float32), explore=False)
 
     def to_env(self, a_unit: torch.Tensor) -> torch.Tensor:
         """Actions in the policy's range [-1, 1] (as `act_unit` gives them) -> the env's bounds."""
@@ -139,9 +141,11 @@ def load_policy(run_dir: str, checkpoint: str = "best", device: str = "cpu", par
 
     checkpoint: "best" (the best evaluation's weights), "latest", or a path to a .pt file. device: "cpu",
     "cuda" or "auto". particles: best-of-N candidates (diffusion policies; default the run's N; 1 = the
-    diffusion policy alone). backend: "auto" (eager on a CPU, Triton on CUDA), "torch", "triton", or "compile"
+    diffusion policy alone). backend: "auto" (eager torch, the default), "torch", "triton", or "compile"
     (the whole act compiled on its first call: the fastest on a CPU when the policy acts many times). A missing
-    or corrupt checkpoint, or a run directory that is not one, raises fastrsm.utils.UsageError with one line."""
+    or corrupt checkpoint, or a run directory that is not one, raises fastrsm.utils.UsageError with one line; so
+    does a checkpoint holding pickled Python objects, refused without running any of them (only tensors and plain
+    data are loaded)."""
     data = _read_run_config(run_dir)
     saved = {k: v for k, v in data["config"].items() if k in field_names()}
     over: dict[str, Any] = {"device": device, "backend": backend}
@@ -153,12 +157,14 @@ def load_policy(run_dir: str, checkpoint: str = "best", device: str = "cpu", par
     over.update(chain_noise="torch", chain_precision="fp32")
     cfg = make_config("paper", {**saved, **over})
     dev = resolve_device(cfg.device)
+    # 'auto' acts eagerly: a deployed policy pays torch.compile's start-up only when asked for it by name
+    backend = "torch" if cfg.backend == "auto" else cfg.backend
     path = checkpoint_path(run_dir, checkpoint)
     ckpt = load_checkpoint(path)
     env = data.get("env") or _describe_env(cfg)
     # the initial weights are overwritten by the checkpoint: their random draws must not move the caller's RNG
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        agent = make_agent(cfg.algo, int(env["obs_dim"]), int(env["act_dim"]), cfg, dev, make_ops(cfg.backend, dev))
+        agent = make_agent(cfg.algo, int(env["obs_dim"]), int(env["act_dim"]), cfg, dev, make_ops(backend, dev))
     try:
         agent.restore(ckpt["agent"], weights_only=True)
     except (KeyError, RuntimeError, ValueError) as e:
@@ -166,11 +172,12 @@ def load_policy(run_dir: str, checkpoint: str = "best", device: str = "cpu", par
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
     agent.eval()
     n = cfg.particles if hasattr(agent, "policy_ema") else None
-    if make_ops(cfg.backend, dev).backend == "compile":
+    learner = None
+    if backend == "compile":
         # the whole act (chain, Q scoring, argmax) as one compiled function, built on the first call of each
         # batch shape: 10-20 s once, then ~4.5x the eager act at smoke sizes on a CPU (bench/RESULTS.md)
-        agent = CompiledAgent(agent)
-    return Policy(agent, env["action_low"], env["action_high"], cfg.env_id, cfg.algo, n, seed)
+        learner = CompiledLearner(agent)
+    return Policy(agent, env["action_low"], env["action_high"], cfg.env_id, cfg.algo, n, seed, learner)
 
 
 def _describe_env(cfg: Any) -> dict[str, Any]:

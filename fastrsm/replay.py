@@ -3,7 +3,7 @@
 Storage is preallocated on the training device, so a sample is a gather on the device. `sample()` has a
 static output shape, draws its indices on the device from the global torch RNG and reads the fill level
 from a device tensor that `add()` updates in place: nothing in it touches the host, so it can be captured
-inside a CUDA graph together with the update it feeds (DESIGN.md, "LeanRL").
+inside a CUDA graph together with the update it feeds (docs/design.md, "LeanRL").
 """
 
 from __future__ import annotations
@@ -110,13 +110,15 @@ class ReplayBuffer:
         return Batch(*(getattr(self, name)[idx] for name in _FIELDS))
 
     def state_dict(self) -> dict[str, Any]:
-        """CPU tensors of the filled rows only (a young buffer makes a small checkpoint)."""
+        """The filled rows only (a young buffer makes a small checkpoint), as they are: on the buffer's device
+        and sharing its memory, so a checkpoint makes no copy of them on a CPU, and on CUDA torch.save copies
+        one field at a time to the host. Save it before the next add()."""
         state: dict[str, Any] = {
             "capacity": self.capacity, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
             "ptr": self._ptr, "size": self._size,
         }
         for name in _FIELDS:
-            state[name] = getattr(self, name)[: self._size].detach().cpu().clone()
+            state[name] = saved_rows(getattr(self, name), self._size)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -125,6 +127,19 @@ class ReplayBuffer:
             getattr(self, name)[:size] = state[name].to(self.device)
         self._ptr = ptr
         self._set_size(size)
+
+
+def saved_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """`t[:n]` (t contiguous) as a tensor whose storage is those rows alone, sharing `t`'s memory: torch.save
+    writes a tensor's whole storage, so the slice `t[:n]` would save every row of `t`, and `t[:n].clone()`
+    would copy them."""
+    t = t.detach()
+    if not t.is_contiguous():
+        return t[:n].clone()
+    rows = t[:n]
+    start = t.storage_offset() * t.element_size()
+    storage = t.untyped_storage()[start:start + rows.numel() * t.element_size()]
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(storage, 0, rows.shape)
 
 
 def check_replay_state(state: dict[str, Any], capacity: int, obs_dim: int, act_dim: int) -> tuple[int, int]:

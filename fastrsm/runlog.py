@@ -1,7 +1,9 @@
-"""The run directory (DESIGN.md "Run directory"): config.json, train.csv, eval.csv, summary.json,
-checkpoints/{latest,best}.pt and TensorBoard events. Every file is written whole and atomically (temp file +
-rename), so a crash at any moment leaves the previous complete version; the CSV rows also live in the
-checkpoint, so a resumed run rewrites exactly the rows up to the step it resumes from."""
+"""The run directory (docs/design.md, "Run directory"): config.json, train.csv, eval.csv, summary.json,
+checkpoints/{latest,previous,best}.pt and TensorBoard events (and `.lock`, fastrsm.lock's). Every file is written
+whole and atomically (temp file + rename), so a crash at any moment leaves the previous complete version;
+checkpoints/previous.pt, the checkpoint before latest.pt, is the fallback should latest.pt be lost or damaged.
+The CSV rows also live in the checkpoint, so a resumed run rewrites exactly the rows up to the step it resumes
+from. Checkpoints hold tensors and plain data only and are loaded that way (`weights_only`)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,19 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
 import sys
 import time
 from typing import Any
 
+import numpy as np
 import torch
+
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # NumPy 1
+    from numpy.core.multiarray import _reconstruct
 
 from .utils import UsageError, atomic_torch_save, atomic_write_json, atomic_write_text
 
@@ -148,8 +157,11 @@ class RunLog:
 
     # ---- checkpoints
     def save_checkpoint(self, state: dict, name: str = "latest") -> str:
+        """Write checkpoints/<name>.pt; the former `latest` is kept as checkpoints/previous.pt, the fallback of
+        `load_resume_checkpoint` should the newest be lost or damaged."""
         path = os.path.join(self.ckpt_dir, f"{name}.pt")
-        atomic_torch_save(state, path)
+        atomic_torch_save(state, path, previous=os.path.join(self.ckpt_dir, "previous.pt") if name == "latest"
+                          else None)
         return path
 
     def rows_state(self) -> dict:
@@ -166,18 +178,107 @@ class RunLog:
             self._tb = None
 
 
-def load_checkpoint(path: str) -> dict:
+class UnsafeCheckpoint(UsageError):
+    """A checkpoint holding pickled Python objects (code would run to rebuild them): refused, not loaded."""
+
+
+# Checkpoints written before the RNG states were plain data hold NumPy arrays; rebuilding an array of a plain
+# dtype runs no code of the file's choosing (its elements go through the same restricted unpickler).
+_NUMPY_ARRAYS: list[Any] = [(_reconstruct, "numpy._core.multiarray._reconstruct"),
+                            (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+                            type(np.dtype(np.uint32))]
+
+
+def load_checkpoint(path: str, mmap: bool = False) -> dict:
     """Load a checkpoint written by `RunLog.save_checkpoint`, on the CPU (restoring copies into the agent's
-    and the replay's device tensors); a missing or unreadable file is a UsageError with one line."""
+    and the replay's device tensors). Only tensors and plain data are accepted (`weights_only`): a file with
+    other pickled objects raises UnsafeCheckpoint, without running any of it. With `mmap`, the tensors are
+    mapped from the file rather than read into memory (see `load_resume_checkpoint`). A missing or unreadable
+    file is a UsageError with one line."""
     if not os.path.exists(path):
         raise UsageError(f"no checkpoint at {path}: nothing to resume")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(ckpt, dict) or "agent" not in ckpt:
-            raise ValueError("not a fastrsm checkpoint")
-        return ckpt
+        with torch.serialization.safe_globals(_NUMPY_ARRAYS):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise UnsafeCheckpoint(f"checkpoint {path} was refused: it holds pickled Python objects, which would run "
+                                   f"code to load ({_unsafe_reason(e)}); only tensors and plain data are "
+                                   "accepted") from None
+        raise UsageError(f"checkpoint {path} is unreadable or corrupt ({_reason(e)})") from None
     except Exception as e:  # corrupt or foreign file: a one-line message, not a traceback
-        raise UsageError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {e})") from None
+        raise UsageError(f"checkpoint {path} is unreadable or corrupt ({_reason(e)})") from None
+    if not isinstance(ckpt, dict) or "agent" not in ckpt:
+        raise UsageError(f"checkpoint {path} is unreadable or corrupt (not a fastrsm checkpoint)")
+    return ckpt
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as a short phrase: its first sentence of its first line (torch's run on for a paragraph)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, RuntimeError) and text.startswith("mmap can only be used"):
+        text = "not a torch checkpoint archive"
+    text = text.split(". ")[0].rstrip(".")
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+def _unsafe_reason(e: BaseException) -> str:
+    for line in str(e).splitlines():
+        if "Unsupported" in line:
+            return line.split("error:", 1)[-1].strip().split(" was not ")[0]
+    return "objects outside the allowed types"
+
+
+def load_resume_checkpoint(run_dir: str) -> tuple[dict, str | None]:
+    """The checkpoint a resume of `run_dir` continues from, and a one-line note when it is not the newest:
+    checkpoints/latest.pt, or, should that be missing, truncated or corrupt, checkpoints/previous.pt (the one
+    before it; the CSV rows restored from it rewind the logs to its step). Neither readable: UsageError. A
+    checkpoint holding pickled code is refused outright (UnsafeCheckpoint): a tampered file is no crash to
+    recover from."""
+    latest = os.path.join(run_dir, "checkpoints", "latest.pt")
+    previous = os.path.join(run_dir, "checkpoints", "previous.pt")
+    try:
+        return _load_for_resume(latest), None
+    except UnsafeCheckpoint as e:
+        hint = "; delete it to resume from checkpoints/previous.pt" if os.path.exists(previous) else ""
+        raise UnsafeCheckpoint(f"{e}{hint}") from None
+    except UsageError as e:
+        if not os.path.exists(previous):
+            raise UsageError(f"cannot resume {run_dir}: {e}") from None
+        what = "missing" if not os.path.exists(latest) else f"unreadable ({_inner(e)})"
+        try:
+            ckpt = _load_for_resume(previous)
+        except UsageError as e2:
+            raise UsageError(f"cannot resume {run_dir}: checkpoints/latest.pt is {what} and checkpoints/previous.pt "
+                             f"is unreadable too ({_inner(e2)})") from None
+    step = ckpt.get("loop", {}).get("env_steps", "?") if isinstance(ckpt.get("loop"), dict) else "?"
+    return ckpt, f"checkpoints/latest.pt is {what}; resuming from checkpoints/previous.pt at env step {step}"
+
+
+def _load_for_resume(path: str) -> dict:
+    """The replay's rows stay mapped from the file, read once when the buffer is restored: no host copy of the
+    replay beside the buffer. Everything else is read in, so nothing the agent keeps (its optimiser state
+    could alias a loaded tensor) depends on the file, which a user might overwrite in place."""
+    ckpt = load_checkpoint(path, mmap=True)
+    return {k: v if k == "replay" else _in_memory(v) for k, v in ckpt.items()}
+
+
+def _in_memory(tree: Any) -> Any:
+    if torch.is_tensor(tree):
+        return tree.clone()
+    if isinstance(tree, dict):
+        return {k: _in_memory(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_in_memory(v) for v in tree]
+    if isinstance(tree, tuple):
+        return tuple(_in_memory(v) for v in tree)
+    return tree
+
+
+def _inner(e: UsageError) -> str:
+    """The parenthesised reason of one of load_checkpoint's messages (the path is said by the caller)."""
+    text = str(e)
+    return text[text.find("(") + 1:text.rfind(")")] if "(" in text and text.endswith(")") else text
 
 
 def read_config(run_dir: str) -> dict:

@@ -1,4 +1,4 @@
-"""Many seeds in one process (DESIGN.md "Many seeds, one process"): S independent agents computed as one.
+"""Many seeds in one process: S independent agents computed as one.
 
 An agent built with `seeds=S` (fastrsm.agents.make_agent) holds every parameter, optimiser moment and statistic of
 S single agents stacked on a new leading axis: seed s's tensors are exactly the slice [s] of the stacked ones, in
@@ -16,7 +16,7 @@ import torch
 
 from .agents.base import Agent
 from .config import ConfigError
-from .replay import Batch, check_replay_state
+from .replay import Batch, check_replay_state, saved_rows
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -75,7 +75,7 @@ def _slice(tree: Any, s: int, shared: bool = False) -> Any:
     return tree
 
 
-def _stack_ckpts(ckpts: list[dict]) -> dict:
+def stack_checkpoints(ckpts: list[dict]) -> dict:
     """The group checkpoint of S single-agent checkpoints (the inverse of `seed_checkpoint`)."""
     out = _stack([{k: v for k, v in c.items() if k != "optimizers"} for c in ckpts])
     opts = {}
@@ -92,9 +92,21 @@ def _stack_ckpts(ckpts: list[dict]) -> dict:
     return out
 
 
-def stack_checkpoints(ckpts: list[dict]) -> dict:
-    """S ordinary checkpoints (Agent.checkpoint of single agents) -> the checkpoint of the S-seed agent."""
-    return _stack_ckpts(ckpts)
+def align_frozen(frozen: dict, live: dict) -> dict:
+    """A frozen (diverged) seed's last good agent checkpoint with the counters of a live seed's later one: its
+    weights, moments and statistics are its own, its update counts, optimiser step counts and learning rates the
+    live seed's (shared across a group's seeds), so that the S checkpoints stack."""
+
+    def align(f: Any, ref: Any, key: str = "") -> Any:
+        if isinstance(f, dict) and isinstance(ref, dict):
+            return {k: align(f[k], ref[k], k) if k in ref else f[k] for k in f}
+        if isinstance(f, (list, tuple)) and isinstance(ref, (list, tuple)) and len(f) == len(ref):
+            return type(f)(align(a, b, key) for a, b in zip(f, ref))
+        if torch.is_tensor(f):
+            return ref.clone() if key in ("step", "lr") and torch.is_tensor(ref) else f
+        return ref
+
+    return align(frozen, live)
 
 
 def seed_checkpoint(agent: Agent, s: int) -> dict:
@@ -148,9 +160,6 @@ class SeedReplay:
         """The smallest fill level: an update needs every seed's buffer to hold a batch."""
         return min(self._size)
 
-    def sizes(self) -> list[int]:
-        return list(self._size)
-
     def add(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
             terminated: np.ndarray, valid: np.ndarray | None = None) -> int:
         """Store a vector step of S × E envs (seed-major rows) where `valid`; returns how many rows in all."""
@@ -198,12 +207,13 @@ class SeedReplay:
         return Batch(*(getattr(self, name)[self._seed_idx, idx] for name in Batch._fields))
 
     def state_dict(self, s: int) -> dict[str, Any]:
-        """Seed s's buffer as an ordinary ReplayBuffer state (its filled rows, on the CPU)."""
+        """Seed s's buffer as an ordinary ReplayBuffer state: its filled rows, sharing the buffer's memory (no copy;
+        save it before the next `add`)."""
         size = self._size[s]
         state: dict[str, Any] = {"capacity": self.capacity, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
                                  "ptr": self._ptr[s], "size": size}
         for name in Batch._fields:
-            state[name] = getattr(self, name)[s, :size].detach().cpu().clone()
+            state[name] = saved_rows(getattr(self, name)[s], size)
         return state
 
     def load_state_dict(self, s: int, state: dict[str, Any]) -> None:

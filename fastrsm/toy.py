@@ -1,4 +1,4 @@
-"""The toy experiment of the paper: a 2-D diffusion model trained from an energy alone (SPEC §1, §5).
+"""The toy experiment of the paper: a 2-D diffusion model trained from an energy alone (docs/algorithms.md §1, §5).
 
 A single-state RL problem: the action space is the box [-1, 1]^2, Q(a) = -E(a), λ = 1, and the target is
 p(a) ∝ exp(Q(a)/λ). SDAC and DPMD see only Q; DSM is the reference that sees true samples; `uniform` is SDAC
@@ -195,7 +195,7 @@ class ToyConfig:
     steps: int = 3000
     batch: int = 256
     lr: float = 1e-2  # Adam, cosine-decayed to lr/10 (a lower rate sits for ~1000 steps on a blurred blob)
-    ema: float = 0.02  # τ of the EMA copy that is sampled (SPEC §3 acts with an EMA policy); 0: the raw one
+    ema: float = 0.02  # τ of the EMA copy that is sampled (RL acts with an EMA policy, algorithms §3); 0: the raw one
     hidden: int = 128
     layers: int = 3
     T: int = 20
@@ -203,7 +203,7 @@ class ToyConfig:
     lambda_: float = 1.0
     # SDAC. K: the weights are a self-normalised importance sample, biased at finite K towards equal mode
     # weights (where few a_0^k land near a mode, the softmax picks the nearest, not the heaviest). GMM, seed 0,
-    # these defaults: max mode-weight error 0.028 at K = 64 (SPEC's RL value), 0.009 at 256, 0.010 at 512.
+    # these defaults: max mode-weight error 0.028 at K = 64 (the RL default), 0.009 at 256, 0.010 at 512.
     reverse_samples: int = 256
     h_model_frac: float = 0.5  # h_t: share of a_0 drawn from the current (EMA) model, the rest uniform
     h_pool: int = 1024  # model samples drawn per refresh ...
@@ -233,12 +233,12 @@ def _split(n: int, shares: tuple[float, ...]) -> list[int]:
 
 def _sdac_losses(policy: DiffusionPolicy, sampler: DiffusionPolicy, energy: Energy, cfg: ToyConfig,
                  uniform_weights: bool) -> Callable[[int], torch.Tensor]:
-    """SDAC (SPEC §5): a_t ~ h_t; K reverse samples a_0^k ~ φ_{0|t}(·|a_t); weights softmax_k(Q(a_0^k)/λ).
+    """SDAC (docs/algorithms.md §5): a_t ~ h_t; K reverse samples a_0^k ~ φ_{0|t}(·|a_t); weights softmax_k(Q(a_0^k)/λ).
 
-    h_t: a_0 from the model (SPEC §5's default: training goes where the chain goes) mixed with uniform draws on
-    the box (coverage: early on the model is nowhere near the target), noised to a uniform level. Any h_t > 0
-    leaves the minimiser, the target's score, unchanged. `uniform_weights` zeroes the logits: the regression
-    target becomes the plain mean of the ε^k, which carries no information about Q at all."""
+    h_t: a_0 from the model (docs/algorithms.md §5's default: training goes where the chain goes) mixed with uniform
+    draws on the box (coverage: early on the model is nowhere near the target), noised to a uniform level. Any h_t > 0
+    leaves the minimiser, the target's score, unchanged. `uniform_weights` zeroes the logits: the regression target
+    becomes the plain mean of the ε^k, which carries no information about Q at all."""
     sched, B, K = policy.sched, cfg.batch, cfg.reverse_samples
     n_model = round(cfg.h_model_frac * B)
     s = torch.zeros(B, 1)
@@ -270,12 +270,12 @@ def _dpmd_losses(policy: DiffusionPolicy, sampler: DiffusionPolicy, energy: Ener
     """Mirror descent π_{k+1} ∝ π_k · exp(Q/λ_k) from π_0 = uniform on the box, k = 0..M-1.
 
     The inverse temperature is split over the iterations, Σ_k 1/λ_k = 1/λ, so the product of the M steps is
-    exp(Q/λ) and π_M ∝ exp(Q/λ) is the target. (SPEC §5's clip((Q−m)/σ, −3, 3) is the RL recipe, where Q is
-    learned and drifts; here Q is exact, so the exact mirror-descent weights are used.) π_0's samples are exact
-    uniform draws (a perfect "broad initial policy"); later π_k is the model (its EMA copy, the one that is
-    sampled) at the start of iteration k, drawn by the reverse chain without gradient, once per iteration (a
-    pool). Weights are normalised to mean 1 over the pool in log space (exp(Q/λ_k) spans up to e^±50 on the
-    box; a constant only rescales the loss).
+    exp(Q/λ) and π_M ∝ exp(Q/λ) is the target. (docs/algorithms.md §5's clip((Q−m)/σ, −3, 3) is the RL recipe, where Q
+    is learned and drifts; here Q is exact, so the exact mirror-descent weights are used.) π_0's samples are exact
+    uniform draws (a perfect "broad initial policy"); later π_k is the model (its EMA copy, the one that is sampled) at
+    the start of iteration k, drawn by the reverse chain without gradient, once per iteration (a pool). Weights are
+    normalised to mean 1 over the pool in log space (exp(Q/λ_k) spans up to e^±50 on the box; a constant only rescales
+    the loss).
 
     Batches: the pool is resampled ∝ w^β and dpmd_loss gets the weights w^(1−β) (rescaled to mean 1). The
     expected loss is that of uniform draws weighted by w, for any β; β = 0.5 is the variance fix: from the

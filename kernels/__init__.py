@@ -1,4 +1,4 @@
-"""Fused Triton kernels of SPEC §9, importable as ``fastrsm.kernels``.
+"""Fused Triton kernels of docs/algorithms.md §9, importable as ``fastrsm.kernels``.
 
 Each kernel module holds the @triton.jit kernel, its launcher and a ``reference`` (from ``reference.py``, plain
 PyTorch) that defines what it computes. Nothing here imports the library above it. The kernels are loaded

@@ -1,5 +1,5 @@
-"""Fused best-of-N selection (SPEC §3, §9.3): argmax of Q over the N candidates of each state, the gathered
-action, the optional exploration noise and the clip, in one launch (one program per state).
+"""Fused best-of-N selection (docs/algorithms.md §3, §9.3): argmax of Q over the N candidates of each state, the
+gathered action, the optional exploration noise and the clip, in one launch (one program per state).
 
 Ties go to the lowest index. NaN: a NaN Q counts as larger than every number (as in torch.argmax), so a row
 with NaNs selects its first NaN; a row of -inf selects index 0. `reference` is the PyTorch definition,

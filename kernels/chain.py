@@ -1,10 +1,11 @@
-"""Fused denoising chain (SPEC §9.1): the whole T-step DDPM reverse process of an `EpsilonNet` in one launch.
+"""Fused denoising chain (docs/algorithms.md §9.1): the whole T-step DDPM reverse process of an `EpsilonNet` in one
+launch.
 
 Each program owns BLOCK_M chain rows and walks i = T-1 .. 0 in-kernel. Per step it runs the ε-network
 (first layer = s_proj[row // N] + tbias[i] + x·W_aᵀ, Mish, the hidden Linear+Mish layers, the output Linear)
 and the posterior update with x̂_0 clipped to [-1, 1]. The state projection s·W_sᵀ + b and the time biases
-W_e·emb(t) are computed once per call in PyTorch (SPEC §2, last note): they are the only parts of the first
-layer that do not depend on x.
+W_e·emb(t) are computed once per call in PyTorch (docs/algorithms.md §2, last note): they are the only parts of the
+first layer that do not depend on x.
 
 Hidden activations go through a small per-program scratch buffer in global memory (it stays in L1/L2): a
 [BLOCK_M, H] register tile cannot be sliced along H for the next layer's K-loop, and a full H×H weight tile

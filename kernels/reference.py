@@ -1,7 +1,8 @@
-"""The PyTorch definitions of what the fused kernels compute (SPEC §9), importing nothing but torch.
+"""The PyTorch definitions of what the fused kernels compute (docs/algorithms.md §9), importing nothing but torch.
 
-They are the specification: the torch backend runs them as they are, and the tests hold each kernel to its
-reference on odd shapes. The library re-exports them where they belong in the math (fastrsm.diffusion,
+They are the specification: the tests hold each kernel to its reference on odd shapes, and hold the library's
+own faster PyTorch forms to them too (fastrsm.diffusion.sample_chain, the chain the torch and compile backends
+run, to `reverse_chain`). The library re-exports them where they belong in the math (fastrsm.diffusion,
 fastrsm.losses, fastrsm.backend)."""
 
 from __future__ import annotations
@@ -24,20 +25,25 @@ def reverse_step(sched: Any, i: int, x: torch.Tensor, eps_hat: torch.Tensor,
     return mean + sched.post_std[i] * noise
 
 
-def reverse_chain(eps_net: Any, sched: Any, s: torch.Tensor, x_T: torch.Tensor,
-                  noise: torch.Tensor) -> torch.Tensor:
+def reverse_chain(eps_net: Any, sched: Any, s: torch.Tensor, x_T: torch.Tensor, noise: torch.Tensor,
+                  return_steps: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Reference reverse process. eps_net(a_t, s, t) -> ε̂; s: [B, S], x_T: [B·N, A] (row r is a particle of
-    state r // N), noise: [T, B·N, A] (noise[i] is used by step i; noise[0] is unused) -> x_0 [B·N, A] in [-1, 1]."""
+    state r // N), noise: [T, B·N, A] (noise[i] is used by step i; noise[0] is unused) -> x_0 [B·N, A] in [-1, 1].
+    return_steps: also each step's input, [T, B·N, A] with [i] the x that step index i denoises ([T − 1] is x_T).
+    Differentiable in the network's weights, x_T and the noise wherever autograd is on."""
     x = x_T
     M = x.shape[-2]  # with a leading seed axis: s [S, B, S_dim], x_T [S, B·N, A], noise [T, S, B·N, A]
     if s.shape[-2] != M:
         if M % s.shape[-2]:
             raise ValueError(f"{M} chain rows are not a multiple of {s.shape[-2]} states")
         s = s.repeat_interleave(M // s.shape[-2], dim=-2)
+    steps = []
     for i in reversed(range(sched.T)):
+        steps.append(x)
         t = torch.full(x.shape[:-1], i, device=x.device, dtype=torch.long)
         x = reverse_step(sched, i, x, eps_net(x, s, t), noise[i])
-    return x.clamp(-1.0, 1.0)
+    x0 = x.clamp(-1.0, 1.0)
+    return (x0, torch.stack(steps[::-1])) if return_steps else x0
 
 
 # ------------------------------------------------------------------ 2. the weighted score-matching loss (sm_loss.py)
@@ -61,7 +67,7 @@ def weighted_sm_loss(eps_pred: torch.Tensor, eps_targets: torch.Tensor, logits: 
 def best_of_n(q: torch.Tensor, cand: torch.Tensor, noise: torch.Tensor | None = None,
               noise_std: float | torch.Tensor = 0.0, clip: float | None = 1.0
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best-of-N selection (SPEC §3, §9.3): q [B, N], cand [B, N, A] -> (action [B, A], idx [B] int64).
+    """Best-of-N selection (docs/algorithms.md §3, §9.3): q [B, N], cand [B, N, A] -> (action [B, A], idx [B] int64).
 
     idx = argmax_n q (ties: the lowest index; a NaN counts as the maximum, so the first NaN wins, as in
     torch.argmax); action = cand[idx] + noise_std·noise (if noise is given), clipped to [-clip, clip]

@@ -1,4 +1,4 @@
-"""Fused weighted score-matching loss (SPEC §9.2), the core of SDAC and DPMD-softmax:
+"""Fused weighted score-matching loss (docs/algorithms.md §9.2), the core of SDAC and DPMD-softmax:
 
     L = mean_b Σ_k softmax_k(logits)_bk ‖ε_pred − ε^k‖²
 

@@ -1,5 +1,5 @@
 """Test set-up. Without CUDA, Triton kernels run under the interpreter, which must be chosen before triton is
-imported anywhere (DESIGN.md "Testing without a GPU")."""
+imported anywhere (docs/design.md "Testing without a GPU")."""
 
 import importlib
 import os

@@ -10,6 +10,7 @@ import torch
 from fastrsm.agents import make_agent
 from fastrsm.backend import make_ops
 from fastrsm.config import make_config
+from fastrsm.learner import Learner
 from fastrsm.replay import ReplayBuffer
 
 S, A = 5, 3
@@ -35,7 +36,7 @@ def test_update_moves_every_network(algo):
     before = {k: v.clone() for k, v in agent.state_dict().items()}
     m = {}
     for _ in range(2):
-        m.update(agent.update(rb.sample()))
+        m.update(Learner(agent).update(rb))
     after = agent.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     policy = "actor" if algo == "sac" else "policy."
@@ -55,10 +56,10 @@ def test_triton_backend_update_matches_torch(algo, over):
     tri, rb_tri = _setup(algo, "triton", **over)
     torch.manual_seed(1)
     for _ in range(2):
-        ref.update(rb_ref.sample())
+        Learner(ref).update(rb_ref)
     torch.manual_seed(1)
     for _ in range(2):
-        tri.update(rb_tri.sample())
+        Learner(tri).update(rb_tri)
     for (k, v), (_, w) in zip(ref.state_dict().items(), tri.state_dict().items()):
         torch.testing.assert_close(w, v, rtol=1e-4, atol=1e-5, msg=k)
     torch.manual_seed(2)

@@ -82,3 +82,38 @@ def test_chain_settings_need_the_triton_backend():
         pytest.importorskip("triton")
         with pytest.raises(BackendError, match="bf16 needs CUDA"):
             make_ops("triton", "cpu", chain_precision="bf16")
+
+
+@pytest.mark.parametrize("chain_noise", ["torch", "kernel"])
+def test_triton_sample_draws_from_an_explicit_generator(pol, chain_noise):
+    """Ops.sample(..., generator=g) draws what the global generator seeded alike draws (the Philox seed included),
+    and leaves the global generator alone."""
+    pytest.importorskip("triton")
+    ops = make_ops("triton", DEV, chain_noise=chain_noise)
+    s = torch.randn(3, 4, device=DEV)
+    torch.manual_seed(5)
+    want = ops.sample(pol.eps_net, pol.sched, s, 2)
+    state = torch.get_rng_state()
+    got = ops.sample(pol.eps_net, pol.sched, s, 2, generator=torch.Generator(device=DEV).manual_seed(5))
+    assert torch.equal(got, want)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_kernel_noise_with_another_x_T_scale_draws_x_T_with_torch(pol):
+    """The kernel draws x_T ~ 0.5·N(0, I); a sampler asking for N(0, I) (DACER's) gets x_T from torch, then the
+    step noise from the kernel's Philox stream (its seed drawn after x_T)."""
+    pytest.importorskip("triton")
+    from fastrsm.kernels import chain_noise
+
+    ops = make_ops("triton", DEV, chain_noise="kernel")
+    s = torch.randn(3, 4, device=DEV)
+    torch.manual_seed(8)
+    with torch.no_grad():
+        got = ops.sample(pol.eps_net, pol.sched, s, 2, x_T_scale=1.0)
+    torch.manual_seed(8)
+    x_T = torch.randn(6, 3, device=DEV)
+    seed_t = torch.randint(0, 2**31 - 1, (1,), device=DEV, dtype=torch.int64)
+    _, noise = chain_noise(seed_t, pol.T, 6, 3, DEV)
+    with torch.no_grad():
+        ref = reverse_chain(pol.eps_net, pol.sched, s, x_T, noise).reshape(3, 2, 3)
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)

@@ -1,6 +1,6 @@
-"""The authors' clocks (SPEC §4–7) and the SAC baseline the paper compares against: each test fails on the clock
-fastrsm had before (α every 250 *policy* updates, the lr decay over gradient updates, DPMD's statistics on
-policy steps only, unscaled cosine β, SAC with a policy delay and α₀ = 1)."""
+"""The authors' clocks (docs/algorithms.md §4–7) and the SAC baseline the paper compares against: each test fails on the
+clock fastrsm had before (α every 250 *policy* updates, the lr decay over gradient updates, DPMD's statistics on policy
+steps only, unscaled cosine β, SAC with a policy delay and α₀ = 1)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fastrsm.agents import make_agent
 from fastrsm.backend import make_ops
 from fastrsm.config import make_config
 from fastrsm.diffusion import make_betas
+from fastrsm.learner import Learner
 from fastrsm.replay import ReplayBuffer
 
 S, A = 4, 2
@@ -37,7 +38,7 @@ def replay(batch: int = 8) -> ReplayBuffer:
 def alpha_steps(a, updates: int) -> int:
     n, pu = 0, 0
     for u in range(updates):
-        parts = a.parts_for(u, pu)
+        parts = a.parts_for(u)
         n += "alpha" in parts
         pu += "policy" in parts
     return n
@@ -65,7 +66,7 @@ def test_dpmd_running_statistics_move_on_every_gradient_update():
     rb = replay()
     parts = a.next_parts()
     assert parts == ("critic",)  # the first update runs no policy step ...
-    m = a.update(rb.sample())
+    m = Learner(a).update(rb)
     assert a.q_stats.mean.item() != 0.0 and a.q_stats.std.item() != 1.0  # ... and still moves the statistics
     assert "q_run_mean" in m and "loss_pi" not in m
 
@@ -99,12 +100,12 @@ def test_cosine_schedule_is_scaled_like_the_linear_one():
 def test_sac_is_the_authors_baseline():
     a = agent("sac")
     assert a.alpha.item() == pytest.approx(math.e)  # log α₀ = 1
-    assert all("policy" in a.parts_for(u, u) for u in range(10))  # actor, α and targets every update
+    assert all("policy" in a.parts_for(u) for u in range(10))  # actor, α and targets every update
     rb = replay()
     before = [p.clone() for p in a.critic_target.parameters()]
-    a.update(rb.sample())
+    Learner(a).update(rb)
     assert a.policy_updates == 1 and any(not torch.equal(b, p) for b, p in zip(before, a.critic_target.parameters()))
     # the earlier variant stays reachable by settings
     td3 = agent("sac", sac_policy_delay=2, sac_alpha_init=1.0)
-    assert [("policy" in td3.parts_for(u, 0)) for u in range(4)] == [False, True, False, True]
+    assert [("policy" in td3.parts_for(u)) for u in range(4)] == [False, True, False, True]
     assert td3.alpha.item() == pytest.approx(1.0)

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from fastrsm.agents import make_agent
-from fastrsm.backend import AUTO_COMPILE_MIN_UPDATES, compiler_available, resolve_backend
-from fastrsm.compiled import CompiledAgent
+from fastrsm.backend import compiler_available
+from fastrsm.compiled import CompiledLearner
 from fastrsm.config import make_config
+from fastrsm.learner import Learner
 from fastrsm.replay import ReplayBuffer
 
 pytestmark = pytest.mark.skipif(not compiler_available(), reason="torch.compile on CPU needs a C++ compiler")
@@ -44,12 +45,12 @@ def _compare(algo: str, seeds: int | None) -> None:
     rb = ReplayBuffer(128, S, A, "cpu", 16) if seeds is None else SeedReplay(seeds, 128, S, A, "cpu", 16)
     rb.add(rng.standard_normal((*lead, 64, S)), rng.uniform(-1, 1, (*lead, 64, A)), rng.standard_normal((*lead, 64)),
            rng.standard_normal((*lead, 64, S)), rng.random((*lead, 64)) < 0.1)
-    eager, compiled = build(algo, seeds), CompiledAgent(build(algo, seeds))
+    eager, compiled = build(algo, seeds), CompiledLearner(build(algo, seeds))
     assert compiled.compiled and isinstance(compiled.opt_q.param_groups[0]["lr"], torch.Tensor)
     out = []
     for agent in (eager, compiled):
         torch.manual_seed(1)
-        raw = [agent.update(rb) if agent is compiled else agent.update(rb.sample()) for _ in range(4)]
+        raw = [agent.update(rb) if agent is compiled else Learner(agent).update(rb) for _ in range(4)]
         # every metric, per seed where it has a seed axis
         out.append([{f"{k}{i}": float(x) for k, v in m.items() for i, x in enumerate(v.detach().reshape(-1))}
                     for m in raw])
@@ -86,10 +87,3 @@ def test_every_update_is_one_graph(algo):
             ex = torch._dynamo.explain(lambda b, parts=parts: agent.update_step(b, parts))(rb.sample())
         reasons = [str(r.reason)[:200] for r in ex.break_reasons]
         assert (ex.graph_count, ex.graph_break_count) == (1, 0), (parts, reasons)
-
-
-def test_auto_compiles_long_cpu_runs_only():
-    assert resolve_backend("auto", "cpu") == "torch"
-    assert resolve_backend("auto", "cpu", updates=AUTO_COMPILE_MIN_UPDATES - 1) == "torch"
-    assert resolve_backend("auto", "cpu", updates=AUTO_COMPILE_MIN_UPDATES) == "compile"
-    assert resolve_backend("torch", "cpu", updates=10**9) == "torch"

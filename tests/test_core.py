@@ -1,4 +1,4 @@
-"""The diffusion policy and the losses of SPEC §2–§6, checked against hand-computed values."""
+"""The diffusion policy and the losses of docs/algorithms.md §2–§6, checked against hand-computed values."""
 
 from __future__ import annotations
 

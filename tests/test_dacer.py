@@ -1,5 +1,5 @@
-"""DACER and DACER2 (SPEC §10): the DSAC-T critic loss, the Q-gradient-field loss, the gradient through the chain,
-the GMM entropy estimate, the schedule, and resume/determinism of both algorithms."""
+"""DACER and DACER2 (docs/algorithms.md §10): the DSAC-T critic loss, the Q-gradient-field loss, the gradient through
+the chain, the GMM entropy estimate, the schedule, and resume/determinism of both algorithms."""
 
 from __future__ import annotations
 
@@ -141,32 +141,35 @@ def _batch(B: int = 8) -> Batch:
 
 
 @pytest.mark.parametrize("algo", ["dacer", "dacer2"])
-def test_policy_gradient_reaches_the_first_reverse_step(algo):
+def test_policy_gradient_reaches_the_first_reverse_step(algo, monkeypatch):
     """A parameter used only at the first reverse step (x_T -> x_{T-1}, index T − 1) gets a gradient: an offset
     added to ε̂ at that step alone, so its gradient must travel back through every later step and the clip."""
+    import fastrsm.diffusion as diffusion
+
     torch.manual_seed(0)
     agent = _agent(algo)
-    net = agent.policy.eps_net
     first = torch.zeros(agent.act_dim, requires_grad=True)  # added to ε̂ at the first reverse step only
     T = agent.policy.T
-    orig = net.forward
+    orig = diffusion.reverse_step
+    calls = []
 
-    def forward(a_t, s, t):
-        out = orig(a_t, s, t)
-        return out + first * (t == T - 1).unsqueeze(-1)
+    def reverse_step(sched, i, x, eps_hat, noise):  # the chain's posterior step, as sample_chain calls it
+        calls.append(i)
+        return orig(sched, i, x, eps_hat + first if i == T - 1 else eps_hat, noise)
 
-    net.forward = forward
+    monkeypatch.setattr(diffusion, "reverse_step", reverse_step)
     torch.manual_seed(1)
     if algo == "dacer2":
         agent.cfg.dacer2_eta = 0.0  # the chain's own path, not the regression at step T
     loss, _ = agent.policy_loss(_batch().obs)
     loss.backward()
+    assert calls == list(reversed(range(T)))
     assert first.grad is not None and first.grad.abs().sum() > 0
 
 
 def test_dacer_schedule_counts_from_update_zero():
     agent = _agent("dacer", dacer_alpha_every=6)
-    assert [agent.parts_for(u, 0) for u in range(7)] == [
+    assert [agent.parts_for(u) for u in range(7)] == [
         ("critic", "policy", "alpha"), ("critic",), ("critic", "policy"), ("critic",), ("critic", "policy"),
         ("critic",), ("critic", "policy", "alpha")]
     assert agent.reachable_parts() == [("critic", "policy", "alpha"), ("critic",), ("critic", "policy")]
@@ -196,7 +199,7 @@ def test_update_changes_critic_policy_and_keeps_eval_deterministic_free_of_noise
     torch.manual_seed(7)
     a = agent.act(obs, explore=False)
     torch.manual_seed(7)
-    x_T, noise = agent.chain_inputs(5)
+    x_T, noise = torch.randn(5, 2), torch.randn(agent.policy.T, 5, 2)  # x_T ~ N(0, I), as DACER's p_sample
     from fastrsm.diffusion import reverse_chain
     assert torch.allclose(a, reverse_chain(agent.policy.eps_net, agent.policy.sched, obs, x_T, noise))
 
@@ -276,7 +279,8 @@ def test_gmm_entropy_agrees_with_scikit_learn():
 # ---------------------------------------------------------------- resume and determinism (as tests/test_resume.py)
 
 TINY = ["--env", "InvertedPendulum-v4", "--preset", "smoke", "--device", "cpu", "--quiet",
-        "--warmup-steps", "100", "--eval-every", "150", "--eval-episodes", "2", "--batch-size", "32",
+        "--warmup-steps", "100", "--eval-every", "150", "--checkpoint-every", "150", "--eval-episodes", "2",
+        "--batch-size", "32",
         "--diffusion-steps", "3", "--hidden", "16", "--log-every", "50", "--nan-check-every", "25",
         "--dacer-alpha-every", "40", "--dacer-entropy-samples", "16", "--dacer-gmm-iters", "10"]
 

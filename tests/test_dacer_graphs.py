@@ -9,7 +9,8 @@ import pytest
 import torch
 from test_graphs import E, S, assert_same_state, build, filled_replay, run_updates, tiny_cfg
 
-from fastrsm.graphs import GraphedAgent, make_fast_agent
+from fastrsm.graphs import GraphedLearner
+from fastrsm.learner import Learner
 
 DACER_ALGOS = ["dacer", "dacer2"]
 # dacer_alpha_every 4, policy_delay 2, counting from update 0: critic+policy+alpha, critic, critic+policy, ...
@@ -22,8 +23,8 @@ def test_emulated_capture_matches_eager(algo):
     cfg = tiny_cfg(algo, "cpu", **SMALL)
     rb = filled_replay("cpu")
     plain, graphed = build(algo, cfg, "cpu"), build(algo, cfg, "cpu")
-    fast = GraphedAgent(graphed, E, emulate=True)
-    m_plain = run_updates(lambda: plain.update(rb.sample()), 9)
+    fast = GraphedLearner(graphed, E, emulate=True)
+    m_plain = run_updates(lambda: Learner(plain).update(rb), 9)
     m_fast = run_updates(lambda: fast.update(rb), 9)
     assert m_plain == m_fast
     assert_same_state(plain, graphed)
@@ -43,9 +44,9 @@ def test_graphed_update_matches_eager_gpu(algo, backend):
     cfg = tiny_cfg(algo, "cuda", hidden=32, **SMALL)
     rb = filled_replay("cuda")
     plain, graphed = build(algo, cfg, "cuda", backend), build(algo, cfg, "cuda", backend)
-    fast = make_fast_agent(graphed, E, enabled=True)
+    fast = GraphedLearner(graphed, E, enabled=True)
     assert fast.mode == "cuda"
-    m_plain = run_updates(lambda: plain.update(rb.sample()), 9)
+    m_plain = run_updates(lambda: Learner(plain).update(rb), 9)
     m_fast = run_updates(lambda: fast.update(rb), 9)
     assert sorted(fast._updates) == sorted(DACER_PARTS) and fast.captures == 3
     assert_same_state(plain, graphed, atol=1e-5, rtol=1e-4)
@@ -58,7 +59,7 @@ def test_graphed_update_matches_eager_gpu(algo, backend):
 @pytest.mark.parametrize("algo", DACER_ALGOS)
 def test_graphed_act_matches_eager_gpu(algo):
     agent = build(algo, tiny_cfg(algo, "cuda", hidden=32, **SMALL), "cuda")
-    fast = make_fast_agent(agent, E, enabled=True)
+    fast = GraphedLearner(agent, E, enabled=True)
     obs = torch.randn(E, S, device="cuda")
     for explore in (True, False):
         torch.manual_seed(7)

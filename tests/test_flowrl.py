@@ -1,5 +1,5 @@
-"""The `flowrl` preset (the authors' later FlowRL library, SPEC §11) and the settings that express it: a fixed
-temperature, one chain sample to explore and to bootstrap, SDAC's replay anchor and truncated reverse samples,
+"""The `flowrl` preset (the authors' later FlowRL library, docs/algorithms.md §11) and the settings that express it: a
+fixed temperature, one chain sample to explore and to bootstrap, SDAC's replay anchor and truncated reverse samples,
 ReLU critics."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from fastrsm.agents import make_agent
 from fastrsm.backend import make_ops
 from fastrsm.config import make_config
 from fastrsm.diffusion import Schedule
+from fastrsm.learner import Learner
 from fastrsm.losses import sdac_reverse_samples, sdac_reverse_samples_truncated
 from fastrsm.replay import ReplayBuffer
 
@@ -60,7 +61,7 @@ def _agent(algo: str, **kw):
 @pytest.mark.parametrize("algo", ["dpmd", "sdac"])
 def test_flowrl_agents_update_with_a_fixed_temperature(algo):
     agent = _agent(algo)
-    assert all("alpha" not in agent.parts_for(u, u) for u in range(1000))
+    assert all("alpha" not in agent.parts_for(u) for u in range(1000))
     assert agent.critic.act is torch.nn.functional.relu and len(agent.critic.linears) == 3  # 2 hidden + out
     rng = np.random.default_rng(0)
     rb = ReplayBuffer(64, S, A, "cpu", 8)
@@ -69,7 +70,7 @@ def test_flowrl_agents_update_with_a_fixed_temperature(algo):
     alpha0 = agent.alpha.item()
     before = [p.clone() for p in agent.policy.parameters()]
     for _ in range(3):
-        m = agent.update(rb.sample())
+        m = Learner(agent).update(rb)
     assert agent.alpha.item() == alpha0 and "loss_alpha" not in m and "loss_pi" in m
     assert any(not torch.equal(b, p) for b, p in zip(before, agent.policy.parameters()))
 

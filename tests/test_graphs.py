@@ -19,7 +19,8 @@ from fastrsm.agents import make_agent
 from fastrsm.backend import BackendError, make_ops, resolve_backend
 from fastrsm.bench import main as bench_main
 from fastrsm.config import make_config
-from fastrsm.graphs import GraphedAgent, make_fast_agent
+from fastrsm.graphs import GraphedLearner
+from fastrsm.learner import Learner
 from fastrsm.replay import ReplayBuffer
 from fastrsm.utils import seed_everything
 
@@ -102,13 +103,13 @@ def test_graphs_ask_the_agent_for_its_schedule():
     agent = build("sac", cfg, "cpu")
     seen: list = []
 
-    def parts_for(updates, policy_updates):  # an invented schedule: the policy every third update only
+    def parts_for(updates):  # an invented schedule: the policy every third update only
         return ("critic", "policy") if updates % 3 == 2 else ("critic",)
 
     agent.parts_for = parts_for
     original = agent.update_step
     agent.update_step = lambda batch, parts: (seen.append(parts), original(batch, parts))[1]
-    fast = GraphedAgent(agent, E, emulate=True)
+    fast = GraphedLearner(agent, E, emulate=True)
     for _ in range(6):
         fast.update(rb)
     replayed = [p for p in seen[-6:]]
@@ -123,13 +124,13 @@ def test_eager_wrapper_is_agent_update(algo):
     cfg = tiny_cfg(algo, "cpu")
     rb = filled_replay("cpu")
     plain, wrapped = build(algo, cfg, "cpu"), build(algo, cfg, "cpu")
-    fast = make_fast_agent(wrapped, E, enabled=True)
+    fast = GraphedLearner(wrapped, E, enabled=True)
     assert fast.mode == "eager" and not fast.graphed
-    m_plain = run_updates(lambda: plain.update(rb.sample()), 6)
+    m_plain = run_updates(lambda: Learner(plain).update(rb), 6)
     m_fast = run_updates(lambda: fast.update(rb), 6)
     assert m_plain == m_fast
     assert_same_state(plain, wrapped)
-    assert fast.updates == 6 and torch.equal(fast.alpha, wrapped.alpha)  # attributes fall through to the agent
+    assert fast.agent.updates == 6 and fast.agent is wrapped
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -139,8 +140,8 @@ def test_emulated_capture_matches_eager(algo):
     cfg = tiny_cfg(algo, "cpu")
     rb = filled_replay("cpu")
     plain, graphed = build(algo, cfg, "cpu"), build(algo, cfg, "cpu")
-    fast = GraphedAgent(graphed, E, emulate=True)
-    m_plain = run_updates(lambda: plain.update(rb.sample()), 9)
+    fast = GraphedLearner(graphed, E, emulate=True)
+    m_plain = run_updates(lambda: Learner(plain).update(rb), 9)
     m_fast = run_updates(lambda: fast.update(rb), 9)
     assert [sorted(m) for m in m_plain] == [sorted(m) for m in m_fast]
     assert m_plain == m_fast
@@ -158,7 +159,7 @@ def test_act_eager_and_emulated(algo):
     cfg = tiny_cfg(algo, "cpu")
     agent = build(algo, cfg, "cpu")
     obs = torch.randn(E, S)
-    for fast in (make_fast_agent(agent, E, enabled=False), GraphedAgent(agent, E, emulate=True)):
+    for fast in (GraphedLearner(agent, E, enabled=False), GraphedLearner(agent, E, emulate=True)):
         for explore in (True, False):
             torch.manual_seed(5)
             ref = agent.act(obs, explore)
@@ -179,15 +180,15 @@ def test_restore_triggers_recapture():
     cfg = tiny_cfg("dpmd", "cpu")
     rb = filled_replay("cpu")
     plain, graphed = build("dpmd", cfg, "cpu"), build("dpmd", cfg, "cpu")
-    fast = GraphedAgent(graphed, E, emulate=True)
-    run_updates(lambda: plain.update(rb.sample()), 4)
+    fast = GraphedLearner(graphed, E, emulate=True)
+    run_updates(lambda: Learner(plain).update(rb), 4)
     run_updates(lambda: fast.update(rb), 4)
     ckpt = plain.checkpoint()
     # Optimizer.load_state_dict adopts the checkpoint's tensors: each agent gets its own copy.
     plain.restore(copy.deepcopy(ckpt))
-    fast.restore(copy.deepcopy(ckpt))  # falls through to the agent
+    fast.agent.restore(copy.deepcopy(ckpt))
     before = fast.captures
-    m_plain = run_updates(lambda: plain.update(rb.sample()), 4, seed=2)
+    m_plain = run_updates(lambda: Learner(plain).update(rb), 4, seed=2)
     m_fast = run_updates(lambda: fast.update(rb), 4, seed=2)
     assert fast.captures == before + 3
     assert m_plain == m_fast
@@ -266,9 +267,9 @@ def test_graphed_update_matches_eager_gpu(algo, backend):
     cuBLAS algorithm choice under capture and nothing more — a wrong lr, counter or stale tensor is >> 1e-4."""
     cfg, rb = _gpu_setup(algo, backend)
     plain, graphed = build(algo, cfg, "cuda", backend), build(algo, cfg, "cuda", backend)
-    fast = make_fast_agent(graphed, E, enabled=True)
+    fast = GraphedLearner(graphed, E, enabled=True)
     assert fast.mode == "cuda"
-    m_plain = run_updates(lambda: plain.update(rb.sample()), 9)
+    m_plain = run_updates(lambda: Learner(plain).update(rb), 9)
     m_fast = run_updates(lambda: fast.update(rb), 9)
     expected = graphed.reachable_parts()
     assert len(expected) == (2 if algo == "sac" else 3)
@@ -280,8 +281,8 @@ def test_graphed_update_matches_eager_gpu(algo, backend):
     # The graphs keep working after a checkpoint restore (re-captured against the new optimiser state).
     ckpt = plain.checkpoint()
     plain.restore(copy.deepcopy(ckpt))
-    fast.restore(copy.deepcopy(ckpt))
-    run_updates(lambda: plain.update(rb.sample()), 4, seed=2)
+    fast.agent.restore(copy.deepcopy(ckpt))
+    run_updates(lambda: Learner(plain).update(rb), 4, seed=2)
     run_updates(lambda: fast.update(rb), 4, seed=2)
     assert fast.captures == 6
     assert_same_state(plain, graphed, atol=1e-6, rtol=1e-5)
@@ -292,7 +293,7 @@ def test_graphed_update_matches_eager_gpu(algo, backend):
 def test_graphed_act_matches_eager_gpu(algo, backend):
     cfg, rb = _gpu_setup(algo, backend)
     agent = build(algo, cfg, "cuda", backend)
-    fast = make_fast_agent(agent, E, enabled=True)
+    fast = GraphedLearner(agent, E, enabled=True)
     obs = torch.randn(E, S, device="cuda")
     for _ in range(2):  # before and after updates: replays read the current weights and alpha
         for explore in (True, False):

@@ -84,7 +84,7 @@ def test_broadcast_prediction_b1a():
 
 
 def test_sdac_gradient_is_regression_onto_weighted_target():
-    """SPEC §5: ∇ = 2(ε_θ − Σ_k w_k ε^k)/B."""
+    """docs/algorithms.md §5: ∇ = 2(ε_θ − Σ_k w_k ε^k)/B."""
     pred, tgt, logits = inputs(5, 8, 3, per_k=False)
     _, grad = loss_and_grad(fused_weighted_sm_loss, pred, tgt, logits)
     w = torch.softmax(logits, -1)

@@ -1,4 +1,4 @@
-"""fastrsm-plot on hand-made run directories that follow the run-directory contract (DESIGN.md)."""
+"""fastrsm-plot on hand-made run directories that follow the run-directory contract (docs/design.md)."""
 
 from __future__ import annotations
 

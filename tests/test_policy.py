@@ -96,16 +96,16 @@ def test_runs_without_env_bounds_in_config_still_load(tmp_path, run):
 
 
 def test_compiled_policy_acts_as_the_eager_one(run):
-    # backend="compile": the whole act as one compiled function (CompiledAgent); with inductor drawing from
+    # backend="compile": the whole act as one compiled function (CompiledLearner); with inductor drawing from
     # torch's own random stream (fallback_random) it returns the eager policy's actions for the same seed
     import torch._inductor.config as inductor
 
-    from fastrsm.compiled import CompiledAgent
+    from fastrsm.compiled import CompiledLearner
 
     algo, d = run
     obs = np.random.default_rng(2).standard_normal((3, 3))
     eager = fastrsm.load_policy(str(d), seed=5).act(obs)
     with inductor.patch(fallback_random=True):
         pol = fastrsm.load_policy(str(d), seed=5, backend="compile")
-        assert isinstance(pol.agent, CompiledAgent)
+        assert isinstance(pol.learner, CompiledLearner)
         np.testing.assert_allclose(pol.act(obs), eager, rtol=1e-5, atol=1e-5)

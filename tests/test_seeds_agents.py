@@ -16,6 +16,7 @@ import torch
 from fastrsm.agents import make_agent
 from fastrsm.backend import make_ops
 from fastrsm.config import make_config
+from fastrsm.learner import Learner, OneBatch
 from fastrsm.replay import Batch
 from fastrsm.seeds import load_seeds, parse_seeds, seed_checkpoint, stack_checkpoints
 
@@ -120,9 +121,9 @@ def test_each_seed_of_the_batched_update_is_its_single_update(monkeypatch, backe
         metrics = []
         for agent, batch in zip(singles, batches):
             tape.record()
-            metrics.append(agent.update(batch))
+            metrics.append(Learner(agent).update(OneBatch(batch)))
         tape.replay()
-        m = group.update(_stack_batches(batches))
+        m = Learner(group).update(OneBatch(_stack_batches(batches)))
         assert tape.pos == len(tape.tapes[0])  # the batched update drew exactly what each single one drew
         tape.mode = "off"
         assert m.keys() == metrics[0].keys()
@@ -152,9 +153,9 @@ def test_perturbing_one_seed_changes_no_other_seed_bit_for_bit(algo, over):
         a, b = _batch(gen), _batch(gen)
         a2 = Batch(*(x + 0.5 if x.is_floating_point() and i != 4 else x for i, x in enumerate(a)))
         torch.manual_seed(step)
-        g1.update(_stack_batches([a, b]))
+        Learner(g1).update(OneBatch(_stack_batches([a, b])))
         torch.manual_seed(step)
-        g2.update(_stack_batches([a2, b]))
+        Learner(g2).update(OneBatch(_stack_batches([a2, b])))
     _assert_tree_close(seed_checkpoint(g2, 1), seed_checkpoint(g1, 1), exact=True)
     with pytest.raises(AssertionError):  # ...while seed a did change
         _assert_tree_close(seed_checkpoint(g2, 0), seed_checkpoint(g1, 0), exact=True)
@@ -163,7 +164,7 @@ def test_perturbing_one_seed_changes_no_other_seed_bit_for_bit(algo, over):
 def test_group_checkpoint_round_trips_through_seed_checkpoints():
     singles, group = _singles_and_group("dpmd")
     gen = torch.Generator().manual_seed(1)
-    group.update(_stack_batches([_batch(gen), _batch(gen)]))
+    Learner(group).update(OneBatch(_stack_batches([_batch(gen), _batch(gen)])))
     ck = group.checkpoint()
     again = stack_checkpoints([seed_checkpoint(group, s) for s in range(2)])
     _assert_tree_close(again, ck, exact=True)
@@ -262,7 +263,7 @@ def test_sm_loss_with_a_seed_axis_matches_the_reference(seeds, per_k):
 def test_graphed_agent_captures_the_s_seed_act_and_update(algo):
     """fastrsm.graphs with an S-seed agent (emulated capture on CPU): act is captured for [S, E, obs] and the
     replayed updates equal the eager ones bit for bit."""
-    from fastrsm.graphs import GraphedAgent
+    from fastrsm.graphs import GraphedLearner
     from fastrsm.seeds import SeedReplay
 
     cfg = _cfg(algo)
@@ -276,13 +277,13 @@ def test_graphed_agent_captures_the_s_seed_act_and_update(algo):
     n = 2 * 30
     rb.add(g.normal(size=(n, OBS)), g.uniform(-1, 1, (n, ACT)), g.normal(size=n), g.normal(size=(n, OBS)),
            g.random(n) < 0.1, np.ones(n, bool))
-    fast = GraphedAgent(agents[1], 3, emulate=True)
+    fast = GraphedLearner(agents[1], 3, emulate=True)
     obs = torch.randn(2, 3, OBS)
     fast.capture(rb, obs)
     assert True in fast._acts and fast.obs_shape == (2, 3, OBS)
     torch.manual_seed(5)
     for _ in range(3):
-        agents[0].update(rb.sample())
+        Learner(agents[0]).update(rb)
     a0 = agents[0].act(obs)
     torch.manual_seed(5)
     for _ in range(3):

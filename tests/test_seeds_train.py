@@ -21,7 +21,8 @@ from fastrsm.seeds import SeedReplay
 from fastrsm.train import main
 
 TINY = ["--env", "InvertedPendulum-v4", "--preset", "smoke", "--device", "cpu", "--quiet",
-        "--warmup-steps", "100", "--eval-every", "150", "--eval-episodes", "2", "--batch-size", "32",
+        "--warmup-steps", "100", "--eval-every", "150", "--checkpoint-every", "150", "--eval-episodes", "2",
+        "--batch-size", "32",
         "--particles", "4", "--diffusion-steps", "3", "--hidden", "16", "--log-every", "50", "--reverse-samples", "4",
         "--nan-check-every", "25"]
 

@@ -96,7 +96,8 @@ def test_backend_imports_kernels_lazily_and_the_references_need_no_triton():
 
 
 def test_train_and_bench_run_the_same_loop_body(tmp_path, monkeypatch):
-    """`fastrsm-train`, `fastrsm-bench` and bench/bench_train_throughput.py all step through loop.vector_step."""
+    """`fastrsm-train` (fastrsm.runner), `fastrsm-bench` and bench/bench_train_throughput.py step through
+    loop.vector_step."""
     calls: list[str] = []
     original = loop.vector_step
 
@@ -113,7 +114,7 @@ def test_train_and_bench_run_the_same_loop_body(tmp_path, monkeypatch):
     assert train_main([*TINY, "--algo", "dpmd", "--run-dir", str(tmp_path / "run")]) == 0
     assert bench_main(["--preset", "smoke", "--device", "cpu", "--updates", "2", "--env-steps", "10",
                        "--warmup-updates", "1", "--act-calls", "1", "--fill", "256", "--backends", "torch"]) == 0
-    assert calls.count("fastrsm.train") == 300 and calls.count("fastrsm.bench") > 0
+    assert calls.count("fastrsm.runner") == 300 and calls.count("fastrsm.bench") > 0
     assert "vector_step" in (ROOT / "bench" / "bench_train_throughput.py").read_text()
 
     # every metric the agent returns is a column of train.csv (DPMD's w_mean and q_run_mean among them)

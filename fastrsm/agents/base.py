@@ -4,9 +4,9 @@ update schedule.
 An update is made of *parts* (the critic step always; the policy step with its EMA/target updates, and the
 temperature step, periodically). Which parts the next update runs is decided here, on the host, from the
 agent's counters (`next_parts`), and nowhere else: `update_step(batch, parts)` then runs exactly those parts
-as a pure function of device tensors (no `.item()`, no host branching on values), so fastrsm.graphs can
-capture one CUDA graph per distinct `Parts` and replay the one the schedule names. An algorithm with another
-periodic step overrides `parts_for` (and `update_step`); graphs.py needs no change."""
+as a pure function of device tensors (no `.item()`, no host branching on values), so fastrsm.learner can
+run it eagerly, compiled or as one CUDA graph per distinct `Parts`. An algorithm with another periodic step
+overrides `parts_for` (and `update_step`); the learner needs no change."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..backend import Ops
-from ..config import Config
+from ..config import AlgoSettings, Config
 from ..losses import critic_loss, td_target
 from ..nets import TwinQ
 from ..profiling import nvtx_range
@@ -174,6 +174,7 @@ class Agent(nn.Module):
     """Base: twin critics, their targets, counters and checkpointing. Subclasses add the policy."""
 
     algo = "base"
+    Settings: type[AlgoSettings] = AlgoSettings  # the algorithm's own settings (fastrsm.config), none here
     supports_seeds = True  # the seed axis of fastrsm.seeds (every parameter, statistic and input stacked over S)
     # fastrsm.compiled traces `backward()` into the update's graph (one graph per update); an agent whose update
     # does not compile equal to eager that way sets this False and keeps the graph breaks at backward()
@@ -216,6 +217,11 @@ class Agent(nn.Module):
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
 
+    def logged(self) -> dict[str, torch.Tensor]:
+        """Device values the run logs beside the update's metrics at each log interval (read there, one sync):
+        the temperature of an agent that has one."""
+        return {"alpha": self.alpha} if hasattr(self, "log_alpha") else {}
+
     # -- the seed axis (no-ops for a single agent)
     def per_seed(self, x: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
         """A per-seed value x ([S]: α, running statistics) shaped to broadcast against `like` ([S, ...])."""
@@ -234,11 +240,10 @@ class Agent(nn.Module):
         return loss if self.seeds is None else loss.sum()
 
     # -- the schedule: which parts each update runs (host side, the only place that decides it)
-    def parts_for(self, updates: int, policy_updates: int) -> Parts:
-        """The parts of the update that follows `updates` updates, of which `policy_updates` ran the policy:
-        the policy (with the EMA and critic targets) every `policy_delay` updates, the temperature every
-        `alpha_every` gradient updates (the authors test `step % 250` on their update counter; never with a
-        fixed temperature, `learn_alpha` false)."""
+    def parts_for(self, updates: int) -> Parts:
+        """The parts of the update that follows `updates` gradient updates: the policy (with the EMA and critic
+        targets) every `policy_delay` updates, the temperature every `alpha_every` gradient updates (the authors
+        test `step % 250` on their update counter; never with a fixed temperature, `learn_alpha` false)."""
         parts: Parts = ("critic",)
         if (updates + 1) % self.cfg.policy_delay == 0:
             parts += ("policy",)
@@ -247,18 +252,16 @@ class Agent(nn.Module):
         return parts
 
     def next_parts(self) -> Parts:
-        return self.parts_for(self.updates, self.policy_updates)
+        return self.parts_for(self.updates)
 
     def reachable_parts(self) -> list[Parts]:
         """Every distinct `Parts` a run can take, in order of first appearance (graphs capture them up front).
         The schedule is periodic in the counters; one period of it is simulated."""
         seen: list[Parts] = []
-        u = pu = 0
-        for _ in range(self.schedule_period()):
-            parts = self.parts_for(u, pu)
+        for u in range(self.schedule_period()):
+            parts = self.parts_for(u)
             if parts not in seen:
                 seen.append(parts)
-            u, pu = u + 1, pu + ("policy" in parts)
         return seen
 
     def schedule_period(self) -> int:
@@ -283,14 +286,6 @@ class Agent(nn.Module):
         loss = critic_loss(q, y)
         gradient_step(self.opt_q, self.total(loss))
         return {"loss_q": loss.detach(), "q_mean": self.seed_mean(q.detach(), seed_dim=1)}, reuse
-
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One gradient update: the parts the schedule names, then the counters advance."""
-        parts = self.next_parts()
-        self.schedule()
-        metrics = self.update_step(batch, parts)
-        self.advance(parts)
-        return metrics
 
     def update_step(self, batch: Batch, parts: Parts) -> dict[str, torch.Tensor]:
         """The device work of an update that runs `parts` (what a CUDA graph captures); reads no counter."""

@@ -1,5 +1,5 @@
-"""DACER (Wang et al., NeurIPS 2024, arXiv 2405.15177; SPEC §10), the baseline that backpropagates the policy
-gradient through the whole reverse chain, which RSM avoids.
+"""DACER (Wang et al., NeurIPS 2024, arXiv 2405.15177; docs/algorithms.md §10), the baseline that backpropagates
+the policy gradient through the whole reverse chain, which RSM avoids.
 
 Facts from the official JAX code (github happy-yan/DACER-Diffusion-with-Online-RL, relax/algorithm/dacer.py,
 relax/network/dacer.py):
@@ -15,13 +15,13 @@ relax/network/dacer.py):
 Differences, chosen: the official code computes every loss from the parameters at the start of the update (a
 functional JAX step); here the entropy/α part runs first (on the policy before this update, as there), then the
 critic, then the policy against the critic just updated (as every fastrsm agent does). The official
-initialisation is log α₀ = 1.2 ("1.2 or 1.7" in relax/network/dacer.py); SPEC §10 and the task say log 3 (α₀ = 3),
-the `dacer_alpha_init` setting.
+initialisation is log α₀ = 1.2 ("1.2 or 1.7" in relax/network/dacer.py); docs/algorithms.md §10 says log 3
+(α₀ = 3), the `dacer_alpha_init` setting.
 
 The policy gradient needs a differentiable chain. Ops' chains (the fused Triton kernel in particular) are
-forward-only, so the policy step runs the PyTorch reference chain with autograd (`diff_chain`); a backend that
-grows a differentiable chain can provide `ops.chain_grad` and it is used instead. Acting and the entropy samples
-run without gradient through `ops.chain` (fused on a GPU)."""
+forward-only, so the policy step runs the library's chain, fastrsm.diffusion.sample_chain, with grad=True
+(autograd through every step). Acting, the bootstrap and the entropy samples run without gradient through
+`ops.chain` (fused on a GPU), on x_T and step noise drawn with torch whatever `chain_noise` says."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import torch
 
 from ..backend import Ops
 from ..config import Config, ConfigError
-from ..diffusion import DiffusionPolicy, reverse_chain
+from ..diffusion import DiffusionPolicy, randn, sample_chain
 from ..gmm import gmm_entropy, sklearn_gmm_entropy
 from ..losses import alpha_loss, dsac_critic_loss, dsac_std_ema, dsac_targets
 from ..nets import DistributionalTwinQ
@@ -42,9 +42,13 @@ from .base import Agent, Parts, frozen_copy, gradient_step, make_adam
 class DACER(Agent):
     algo = "dacer"
     supports_seeds = False  # its distributional critic and GMM entropy fit have no seed axis yet
+    x_T_scale = 1.0  # x_T ~ N(0, I), as DACER's p_sample (not DPMD/SDAC's 0.5·N)
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
+                 x_T_scale: float | None = None):
         super().__init__(obs_dim, act_dim, cfg, device, ops)
+        if x_T_scale is not None:
+            self.x_T_scale = x_T_scale
         if cfg.dacer_entropy == "sklearn" and device.type == "cuda" and cfg.cuda_graphs:
             raise ConfigError("dacer-entropy sklearn runs on the host and cannot be captured in a CUDA graph; "
                               "use --dacer-entropy torch or --cuda-graphs false")
@@ -54,7 +58,7 @@ class DACER(Agent):
         self.critic_target = frozen_copy(self.critic)
         self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device, self.compiled)
         self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
-                                      cfg.schedule, cfg.beta_scale).to(device)
+                                      cfg.schedule, cfg.beta_scale, x_T_scale=self.x_T_scale).to(device)
         self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device, self.compiled)
         self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.dacer_alpha_init), device=device))
         self.opt_alpha = make_adam([self.log_alpha], cfg.lr_dacer_alpha, device, self.compiled)
@@ -64,34 +68,25 @@ class DACER(Agent):
         self.register_buffer("entropy", torch.zeros((), device=device))  # the last GMM estimate (a metric)
 
     # -- the chain
-    def chain_inputs(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_T ~ N(0, I) (DACER's p_sample; not fastrsm's 0.5·N) and the per-step noise [T, rows, A]."""
-        x_T = torch.randn(rows, self.act_dim, device=self.device)
-        noise = torch.randn(self.policy.T, rows, self.act_dim, device=self.device)
-        return x_T, noise
-
-    def diff_chain(self, s: torch.Tensor, x_T: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The reverse chain with autograd through all T steps: a backend's differentiable chain when it has one,
-        else the PyTorch reference."""
-        chain = getattr(self.ops, "chain_grad", None) or reverse_chain
-        return chain(self.policy.eps_net, self.policy.sched, s, x_T, noise)
-
-    def add_noise(self, x0: torch.Tensor) -> torch.Tensor:
+    def add_noise(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """a = clip(x_0 + exp(log α)·λ_n·N(0, I), −1, 1); differentiable in x_0 (α held constant)."""
-        return (x0 + self.alpha * self.cfg.dacer_noise * torch.randn_like(x0)).clamp(-1.0, 1.0)
+        z = randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        return (x0 + self.alpha * self.cfg.dacer_noise * z).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def sample(self, s: torch.Tensor, explore: bool = True) -> torch.Tensor:
-        x_T, noise = self.chain_inputs(s.shape[0])
+    def sample(self, s: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
+        """One chain sample per state [B, A] (plus the exploration noise when `explore`), without autograd."""
+        x_T, noise = self.policy.draw_chain_inputs(s.shape[0], s.device, generator)
         x0 = self.ops.chain(self.policy.eps_net, self.policy.sched, s, x_T, noise)
-        return self.add_noise(x0) if explore else x0
+        return self.add_noise(x0, generator) if explore else x0
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
-        return self.sample(obs, explore)
+    def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.sample(obs, explore, generator)
 
     # -- the schedule: DACER counts from update 0 (`step % delay == 0`)
-    def parts_for(self, updates: int, policy_updates: int) -> Parts:
+    def parts_for(self, updates: int) -> Parts:
         parts: Parts = ("critic",)
         if updates % self.cfg.policy_delay == 0:
             parts += ("policy",)
@@ -126,8 +121,8 @@ class DACER(Agent):
                 "q_std_ema": self.q_std_ema.mean()}, None
 
     def policy_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x_T, noise = self.chain_inputs(obs.shape[0])
-        a = self.add_noise(self.diff_chain(obs, x_T, noise))
+        x0 = sample_chain(self.policy.eps_net, self.policy.sched, obs, x_T_scale=self.policy.x_T_scale, grad=True)
+        a = self.add_noise(x0)
         return -self.critic.min_q(obs, a).mean(), {}
 
     def policy_step(self, batch: Batch, reuse: None) -> dict[str, torch.Tensor]:

@@ -1,12 +1,12 @@
-"""DACER2 ("Enhanced DACER Algorithm with High Diffusion Efficiency", arXiv 2505.23426; SPEC §10): DACER with
-T = 5 and an auxiliary Q-gradient-field loss, L_π = L_q + η·L_g.
+"""DACER2 ("Enhanced DACER Algorithm with High Diffusion Efficiency", arXiv 2505.23426; docs/algorithms.md
+§10): DACER with T = 5 and an auxiliary Q-gradient-field loss, L_π = L_q + η·L_g.
 
 No official code is public; what the abstract and reviews say is the shape of L_g: at each diffusion step the
 network output at (s, a_t, t) is regressed onto the normalised action gradient of Q, ∇_a Q/‖∇_a Q‖, times a
 temporal weight w(t) that is exponential in t. Every choice the record leaves open is a setting:
 
 - η (`dacer2_eta`, default 0.05): the paper reports 1.0 or 0.01 depending on the task; 0.05 is a third-party
-  PyTorch adaptation's (SPEC §10), taken with that adaptation's w(t) as the one complete set of numbers.
+  PyTorch adaptation's (docs/algorithms.md §10), taken with that adaptation's w(t) as the one complete set of numbers.
 - w(t) = exp(slope·t + bias) (`dacer2_w_slope` 0.4, `dacer2_w_bias` −1.8, the same third party's), with t = 1..T
   the paper's step index (fastrsm's index i is t − 1): our choice of unit, so large-noise steps (large t) get
   the larger target, as the paper's description says ("early steps remove large noise, late steps refine").
@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion import q_sample
-from ..kernels.reference import reverse_step
+from ..diffusion import q_sample, sample_chain
 from .dacer import DACER
 
 
@@ -50,21 +49,11 @@ def q_field_loss(eps_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class DACER2(DACER):
     algo = "dacer2"
 
-    def chain_with_steps(self, s: torch.Tensor, x_T: torch.Tensor, noise: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reference reverse chain with autograd, also returning each step's input a_t: -> (x_0 [B, A],
-        a_t [T, B, A] with a_t[i] the input of step index i)."""
-        sched, x, xs = self.policy.sched, x_T, [None] * self.policy.T
-        for i in reversed(range(sched.T)):
-            xs[i] = x
-            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            x = reverse_step(sched, i, x, self.policy.eps_net(x, s, t), noise[i])
-        return x.clamp(-1.0, 1.0), torch.stack(xs)
-
     def policy_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, T, B = self.cfg, self.policy.T, obs.shape[0]
-        x_T, noise = self.chain_inputs(B)
-        x0, a_steps = self.chain_with_steps(obs, x_T, noise)
+        # a_steps [T, B, A]: a_steps[i] is the on-chain a_t that step index i denoises
+        x0, a_steps = sample_chain(self.policy.eps_net, self.policy.sched, obs, x_T_scale=self.policy.x_T_scale,
+                                   grad=True, return_steps=True)
         a = self.add_noise(x0)
         loss_q = -self.critic.min_q(obs, a).mean()  # backward stops at the policy's weights (DACER.policy_step)
         # the points of the field, one row per (step, state)

@@ -1,4 +1,4 @@
-"""What DPMD and SDAC share (SPEC §3, §4, §6): the diffusion policy and its EMA copy, best-of-N acting,
+"""What DPMD and SDAC share (docs/algorithms.md §3, §4, §6): the diffusion policy and its EMA copy, best-of-N acting,
 the bootstrap with the current policy's best-of-N action at s', and the temperature α.
 
 One reverse chain per update serves both the critic target and the policy loss: the best-of-N actions drawn
@@ -12,7 +12,7 @@ import torch
 
 from ..backend import Ops
 from ..config import Config
-from ..diffusion import DiffusionPolicy
+from ..diffusion import X_T_SCALE, DiffusionPolicy, randn
 from ..losses import alpha_loss, noise_entropy
 from ..replay import Batch
 from .base import Agent, frozen_copy, gradient_step, linear_decay, log_alpha_param, make_adam, polyak, set_lr
@@ -27,12 +27,17 @@ class NextActions(NamedTuple):
 
 
 class DiffusionAgent(Agent):
+    # x_T ~ 0.5·N(0, I), as the DPMD/SDAC authors' published code draws it
+    x_T_scale = X_T_SCALE
+
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
-                 seeds: int | None = None):
+                 seeds: int | None = None, x_T_scale: float | None = None):
         super().__init__(obs_dim, act_dim, cfg, device, ops, seeds)
+        if x_T_scale is not None:
+            self.x_T_scale = x_T_scale
         self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
-                                      cfg.schedule, cfg.beta_scale, seeds).to(device)
-        self.policy_ema = frozen_copy(self.policy)  # acts and evaluates (SPEC §3)
+                                      cfg.schedule, cfg.beta_scale, seeds, self.x_T_scale).to(device)
+        self.policy_ema = frozen_copy(self.policy)  # acts and evaluates (docs/algorithms.md §3)
         self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device, self.compiled)
         self.log_alpha = log_alpha_param(cfg.alpha_init, device, seeds)
         self.opt_alpha = make_adam([self.log_alpha], cfg.lr_alpha, device, self.compiled)
@@ -40,13 +45,13 @@ class DiffusionAgent(Agent):
 
     @torch.no_grad()
     def best_of_n(self, policy: DiffusionPolicy, obs: torch.Tensor, noise_std: torch.Tensor | float,
-                  particles: int = 0) -> NextActions:
+                  particles: int = 0, generator: torch.Generator | None = None) -> NextActions:
         """Draw N particles per state (`particles`, or the run's N), score them with min(Q1, Q2), keep the argmax
-        (plus noise_std·N(0, I))."""
+        (plus noise_std·N(0, I)); every draw from `generator` (None: torch's global generator)."""
         N = particles or self.cfg.particles
-        cand = self.ops.sample(policy.eps_net, policy.sched, obs, N)
+        cand = self.ops.sample(policy.eps_net, policy.sched, obs, N, x_T_scale=policy.x_T_scale, generator=generator)
         q = self.critic.min_q(obs.unsqueeze(-2).expand(*obs.shape[:-1], N, obs.shape[-1]), cand)
-        noise = torch.randn(*obs.shape[:-1], self.act_dim, device=obs.device)
+        noise = randn(*obs.shape[:-1], self.act_dim, device=obs.device, generator=generator)
         if self.seeds is None:
             action, _ = self.ops.best_of_n(q, cand, noise, noise_std)
         else:  # selection is row-wise: the seed axis folds into the rows, each seed's noise scaled by its own std
@@ -56,11 +61,11 @@ class DiffusionAgent(Agent):
         return NextActions(action, cand, q)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         if explore:  # training: train_particles (FlowRL: one chain sample) and the exploration noise
             return self.best_of_n(self.policy_ema, obs, self.cfg.explore_std * self.alpha,
-                                  self.cfg.train_particles).action
-        return self.best_of_n(self.policy_ema, obs, 0.0).action
+                                  self.cfg.train_particles, generator).action
+        return self.best_of_n(self.policy_ema, obs, 0.0, generator=generator).action
 
     @torch.no_grad()
     def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, NextActions]:

@@ -1,4 +1,4 @@
-"""DPMD, Diffusion Policy Mirror Descent (SPEC §5): π_new ∝ π_old·exp(Q/λ) by Q-weighted denoising.
+"""DPMD, Diffusion Policy Mirror Descent (docs/algorithms.md §5): π_new ∝ π_old·exp(Q/λ) by Q-weighted denoising.
 
 a_0 are the current policy's best-of-N actions at s' with the exploration noise (the very actions drawn for the
 critic target; gradient stopped); w = exp(clip((Q − m)/σ, −3, 3)/λ), Q from the freshly updated critic, with
@@ -60,8 +60,8 @@ class DPMD(DiffusionAgent):
     algo = "dpmd"
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
-                 seeds: int | None = None):
-        super().__init__(obs_dim, act_dim, cfg, device, ops, seeds)
+                 seeds: int | None = None, x_T_scale: float | None = None):
+        super().__init__(obs_dim, act_dim, cfg, device, ops, seeds, x_T_scale)
         self.q_stats = RunningMeanStd(cfg.q_norm_rate, device, () if seeds is None else (seeds,))
 
     def critic_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], DPMDReuse]:

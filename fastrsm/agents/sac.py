@@ -1,18 +1,39 @@
-"""SAC, the baseline (SPEC §5): tanh-Gaussian actor, twin critics, automatic entropy tuning (H_target = −|A|)."""
+"""SAC, the baseline (docs/algorithms.md §5): tanh-Gaussian actor, twin critics, automatic entropy tuning
+(H_target = −|A|)."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 
 from ..backend import Ops
-from ..config import Config
+from ..config import AlgoSettings, Config, Need
 from ..losses import sac_actor_loss, sac_alpha_loss, sac_target
 from ..nets import GaussianActor
 from .base import Agent, Parts, gradient_step, log_alpha_param, make_adam
 
 
+@dataclass
+class SACSettings(AlgoSettings):
+    sac_alpha_init: float = math.e  # log α₀ = 1, the authors' SAC baseline
+    sac_policy_delay: int = 1  # the authors' SAC: actor, α and targets on every gradient update
+    lr_sac_alpha: float = 3e-4
+
+    help = {"sac_policy_delay": "1 = the authors' SAC baseline the paper compares against; 2 = TD3-style"}
+
+    @staticmethod
+    def check(cfg: Config, need: Need) -> None:
+        need(cfg.sac_policy_delay > 0, f"sac-policy-delay must be a positive integer, got {cfg.sac_policy_delay}")
+        for name in ("sac_alpha_init", "lr_sac_alpha"):
+            v = getattr(cfg, name)
+            need(math.isfinite(v) and v > 0, f"{name.replace('_', '-')} must be a positive number, got {v}")
+
+
 class SAC(Agent):
     algo = "sac"
+    Settings = SACSettings
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
                  seeds: int | None = None):
@@ -45,7 +66,7 @@ class SAC(Agent):
             metrics["loss_alpha"] = loss_a.detach()
         return metrics
 
-    def parts_for(self, updates: int, policy_updates: int) -> Parts:
+    def parts_for(self, updates: int) -> Parts:
         """The authors' SAC baseline updates the actor, α and the targets on every gradient update
         (sac_policy_delay = 1); a delay > 1 gives the TD3-style variant."""
         return ("critic", "policy") if (updates + 1) % self.cfg.sac_policy_delay == 0 else ("critic",)

@@ -1,4 +1,4 @@
-"""SDAC, Soft Diffusion Actor-Critic (SPEC §5): π* ∝ exp(Q/λ) through the reverse-sampling trick.
+"""SDAC, Soft Diffusion Actor-Critic (docs/algorithms.md §5): π* ∝ exp(Q/λ) through the reverse-sampling trick.
 
 a_t ~ h_t is the current policy's (exploring) best-of-N action at s' noised to a random level t (`sdac_anchor`
 policy, the authors' relax code) or the replay batch's action at s noised (`replay`, FlowRL's); K reverse samples
