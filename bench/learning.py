@@ -7,12 +7,14 @@
     python bench/learning.py --algos dpmd --tasks Hopper-v4 --seeds 0,1 --steps 60000 \
         --set explore_std=0.25 --out runs/hopper-bisect/noise0.25   # a variant: its own folder, same machinery
 
-Each (task, algo) is one `fastrsm-train --seeds 0,1,2,3` process (the seeds share one process); DACER and
-DACER2, which have no multi-seed path, run one `fastrsm-train --seed K` process per seed (run dir
-TASK__ALGO__seedK). `--jobs` processes run at a time, one torch thread each. The campaign survives being stopped
-at any point: a finished run (summary.json status "finished" or "diverged") is skipped, an unfinished one
-continues with `fastrsm-train --resume` from its latest checkpoint (the trainer truncates eval.csv/train.csv to
-that checkpoint, so no evaluation row is lost or written twice), a missing one starts. An explicit `--steps`
+The campaign is a recipe of fastrsm-sweep: its trials run on the sweep's machinery (fastrsm/sweep.py: a local Ray
+with `--jobs` CPUs, one trainer process per trial, one torch thread each; state in OUT/sweep.json, each trainer's
+output in OUT/.sweep/<run dir>/train.log). Each (task, algo) is one `fastrsm-train --seeds 0,1,2,3` process; an
+algorithm without the multi-seed path (DACER, DACER2) runs one `fastrsm-train --seed K` process per seed (run dir
+TASK__ALGO__seedK). The campaign survives being stopped at any point: a finished run (summary.json status
+"finished" or "diverged") is skipped, an unfinished one continues with `fastrsm-train --resume` from its latest
+checkpoint (the trainer truncates eval.csv/train.csv to that checkpoint, so no evaluation row is lost or written
+twice), a missing one starts; a trainer that dies is retried from its checkpoint (twice). An explicit `--steps`
 extends: an existing run, finished or not, resumes to that budget (`--set total_steps=...` on the resume; without
 `--steps` a resumed run keeps its own). SIGINT/SIGTERM reach the trainers, which checkpoint and stop.
 
@@ -27,18 +29,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fastrsm import sweep as sw
+from fastrsm.cli import OneLineParser, parse_set, run_main
+from fastrsm.group import is_group_dir, seed_dir
+from fastrsm.seeds import parse_seeds
+from fastrsm.utils import UsageError, atomic_write_text
+
+PROG = "learning.py"
 SEEDS = (0, 1, 2, 3)
 PRESET = "small"
 # Budgets: IDP is solved (≈ 9.3k) by SAC at UTD 1 within a few 10k steps; Hopper's budget is what the 2-core CPU
@@ -49,150 +53,29 @@ TASKS: dict[str, dict[str, int]] = {
 }
 ALGOS = ("dpmd", "sdac", "sac")
 DACER_ALGOS = ("dacer", "dacer2")  # on InvertedDoublePendulum only (--with-dacer)
-SINGLE_SEED_ALGOS = DACER_ALGOS  # no `--seeds` path in fastrsm-train: one process per seed
 BEST_OF_N_ALGOS = ("dpmd", "sdac")  # act with the best of N chain samples; the others act with one action
-DONE_STATES = ("finished", "diverged")
-TINY = dict(total_steps=300, warmup_steps=150, eval_every=150, eval_episodes=2, log_every=150, buffer_size=1000)
+TINY = dict(total_steps=300, warmup_steps=150, eval_every=150, checkpoint_every=150, eval_episodes=2, log_every=150,
+            buffer_size=1000)
 TINY_REEVAL_EPISODES = 2
 
 
-@dataclass
-class Trial:
-    env: str
-    algo: str
-    settings: dict[str, Any]
-    seeds: tuple[int, ...]
-    out: Path
-    single: bool = False  # one seed in a plain run dir (fastrsm-train --seed), not a --seeds group
-    extend: bool = False  # --steps was given: an existing run resumes to settings["total_steps"], even a finished one
-    proc: subprocess.Popen | None = field(default=None, repr=False)
-    started: float = 0.0
+def make_trials(algos: list[str], tasks: list[str], with_dacer: bool, tiny: bool, steps: int | None = None,
+                seeds: list[int] | None = None, overrides: dict[str, str] | None = None) -> list[sw.Trial]:
+    """The campaign's trials: per task and algorithm one `--seeds` group in OUT/TASK__ALGO, or, for an algorithm
+    without the multi-seed path, one run per seed in OUT/TASK__ALGO__seedK."""
+    from fastrsm.agents import AGENTS
 
-    @property
-    def run_dir(self) -> Path:
-        return self.out / (f"{self.env}__{self.algo}__seed{self.seeds[0]}" if self.single
-                           else f"{self.env}__{self.algo}")
-
-    @property
-    def name(self) -> str:
-        return f"{self.env} {self.algo}" + (f" seed {self.seeds[0]}" if self.single else "")
-
-    @property
-    def log(self) -> Path:
-        return self.out / f"{self.run_dir.name}.log"
-
-    def seed_dir(self, seed: int) -> Path:
-        return self.run_dir if self.single else self.run_dir / f"seed_{seed}"
-
-    def status(self) -> str:
-        """'done' (finished or diverged), 'partial' (has a checkpoint to resume from), 'new' or 'broken'."""
-        summary = self.run_dir / "summary.json"
-        resumable = (self.single or (self.run_dir / "group.json").is_file()) and all(
-            (self.seed_dir(s) / "checkpoints" / "latest.pt").is_file() for s in self.seeds)
-        if summary.is_file():
-            try:
-                info = json.loads(summary.read_text())
-            except (OSError, json.JSONDecodeError):
-                info = {}
-            if info.get("status") in DONE_STATES:
-                # a finished run that a larger --steps asks to extend continues from its last checkpoint
-                done_steps = info.get("env_steps_per_seed", info.get("env_steps", 0))
-                short = (self.extend and info.get("status") == "finished" and resumable
-                         and done_steps < self.settings["total_steps"])
-                return "partial" if short else "done"
-        if not self.run_dir.exists():
-            return "new"
-        if resumable:
-            return "partial"
-        return "broken"  # stopped before its first checkpoint: nothing to resume, so it starts again
-
-    def command(self) -> list[str]:
-        train = [sys.executable, "-m", "fastrsm.train"]
-        if self.status() == "partial":
-            # a resumed run keeps its own budget unless --steps names another (the run's other settings are its own)
-            budget = ["--set", f"total_steps={self.settings['total_steps']}"] if self.extend else []
-            return [*train, "--resume", str(self.run_dir), "--quiet", *budget]
-        sets = [x for k, v in self.settings.items() for x in ("--set", f"{k}={v}")]
-        seeds = ["--seed", str(self.seeds[0])] if self.single else ["--seeds", ",".join(map(str, self.seeds))]
-        return [*train, "--env", self.env, "--algo", self.algo, "--preset", PRESET, "--device", "cpu",
-                *seeds, "--run-dir", str(self.run_dir), "--quiet", *sets]
-
-
-def make_trials(out: Path, algos: list[str], tasks: list[str], with_dacer: bool, tiny: bool,
-                steps: int | None = None, seeds: tuple[int, ...] | None = None,
-                overrides: dict[str, str] | None = None) -> list[Trial]:
     trials = []
-    seeds = seeds or (SEEDS[:2] if tiny else SEEDS)
+    seeds = list(seeds or (SEEDS[:2] if tiny else SEEDS))
     for env in tasks:
-        names = list(algos) + (list(DACER_ALGOS) if with_dacer and env.startswith("InvertedDouble") else [])
-        for algo in names:
+        for algo in [*algos, *(DACER_ALGOS if with_dacer and env.startswith("InvertedDouble") else ())]:
             settings = {**TASKS[env], **(TINY if tiny else {}), **({"total_steps": steps} if steps else {}),
                         **(overrides or {})}
-            if algo in SINGLE_SEED_ALGOS:
-                trials += [Trial(env, algo, settings, (s,), out, single=True, extend=bool(steps)) for s in seeds]
-            else:
-                trials.append(Trial(env, algo, settings, seeds, out, extend=bool(steps)))
+            grouped = getattr(AGENTS.get(algo), "supports_seeds", True)  # an unknown algo: check_trials says so
+            for part in [seeds] if grouped else [[s] for s in seeds]:
+                name = f"{env}__{algo}" if grouped else f"{env}__{algo}__seed{part[0]}"
+                trials.append(sw.Trial(env, algo, part, name, PRESET, settings, extend=bool(steps)))
     return trials
-
-
-def _say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def run_trials(trials: list[Trial], jobs: int) -> int:
-    """Runs every trial that is not done, `jobs` at a time. Returns the number of trials that failed."""
-    todo = [t for t in trials if t.status() != "done"]
-    for t in trials:
-        if t not in todo:
-            _say(f"skip {t.name}: done")
-    running: list[Trial] = []
-    failed = 0
-    stopping = False
-
-    def stop(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for t in running:  # the trainers checkpoint on SIGTERM and exit; the next start resumes them
-            if t.proc and t.proc.poll() is None:
-                t.proc.send_signal(signal.SIGTERM)
-
-    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    try:
-        while (todo or running) and not (stopping and not running):
-            while todo and len(running) < jobs and not stopping:
-                t = todo.pop(0)
-                if t.status() == "broken":
-                    # no checkpoint of every seed: the group never got past its first evaluation; start afresh
-                    shutil.rmtree(t.run_dir)
-                cmd = t.command()
-                t.run_dir.parent.mkdir(parents=True, exist_ok=True)
-                log = open(t.log, "a", encoding="utf-8")
-                log.write(f"\n$ {' '.join(cmd)}\n")
-                log.flush()
-                _say(f"start {t.name}: {' '.join(cmd[1:])}")
-                t.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-                log.close()
-                t.started = time.time()
-                running.append(t)
-            time.sleep(0.5)
-            for t in list(running):
-                rc = t.proc.poll() if t.proc else 0
-                if rc is None:
-                    continue
-                running.remove(t)
-                mins = (time.time() - t.started) / 60
-                if rc == 0 or rc == 3:  # 3 = diverged: a result, recorded in summary.json
-                    _say(f"{'finished' if rc == 0 else 'diverged'} {t.name} ({mins:.1f} min)")
-                elif rc in (130, 143):
-                    _say(f"stopped {t.name} ({mins:.1f} min); run the same command again to resume it")
-                else:
-                    failed += 1
-                    _say(f"FAILED {t.name} (exit {rc}); see {t.log}")
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    return failed + (1 if stopping else 0)
 
 
 # ------------------------------------------------------------------------------------------------ re-evaluation
@@ -228,7 +111,13 @@ KEPT_GROUP_FILES = ("group.json", "summary.json")
 KEPT_SEED_FILES = ("config.json", "summary.json", "eval.csv", "train.csv")
 
 
-def keep_results(trials: list[Trial], out: Path, dest: Path) -> int:
+def seed_dirs_of(t: sw.Trial, out: Path) -> list[Path]:
+    """The trial's seeds' run dirs: a group's seed_K dirs (the trial's seeds), or the run dir of a single run."""
+    run = out / t.run_dir
+    return [Path(seed_dir(str(run), s)) for s in t.seeds] if is_group_dir(str(run)) else [run]
+
+
+def keep_results(trials: list[sw.Trial], out: Path, dest: Path) -> int:
     """Copies the campaign's settings, report and every run's results (not its checkpoints) to `dest`, keeping
     the campaign's layout; returns the number of files copied."""
     copied = 0
@@ -243,12 +132,10 @@ def keep_results(trials: list[Trial], out: Path, dest: Path) -> int:
     for name in ("campaign.json", "report.md"):
         put(out / name, Path(name))
     for t in trials:
-        rel = t.run_dir.relative_to(out)
-        if not t.single:
+        if is_group_dir(str(out / t.run_dir)):
             for name in KEPT_GROUP_FILES:
-                put(t.run_dir / name, rel / name)
-        for s in t.seeds:
-            d = t.seed_dir(s)
+                put(out / t.run_dir / name, Path(t.run_dir) / name)
+        for d in seed_dirs_of(t, out):
             for f in [*(d / n for n in KEPT_SEED_FILES), *sorted(d.glob("reeval_n*.json"))]:
                 put(f, d.relative_to(out) / f.name)
     return copied
@@ -289,26 +176,25 @@ def per_seed_tables(runs: list[Any]) -> str:
     return "\n\n".join(out)
 
 
-def report(trials: list[Trial], out: Path, tiny: bool, png: Path) -> str:
+def report(trials: list[sw.Trial], out: Path, tiny: bool, png: Path) -> str:
     from fastrsm.plot import load_run, save_plot
 
     rows = ["| task | algo | seeds | budget (env steps) | best eval, best-of-N (mean ± std) | final eval | "
             "best ckpt re-eval, best-of-N | best ckpt re-eval, N = 1 | wall time | env-steps/s |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     runs = []
-    groups: dict[tuple[str, str], list[Trial]] = {}
+    groups: dict[tuple[str, str], list[sw.Trial]] = {}
     for t in trials:  # a --seeds group is one trial; a single-seed algorithm has one trial per seed
         groups.setdefault((t.env, t.algo), []).append(t)
     for (env, algo), ts in groups.items():
         budget = ts[0].settings["total_steps"]
-        if not any(t.run_dir.exists() for t in ts):
+        if not any((out / t.run_dir).exists() for t in ts):
             rows.append(f"| {env} | {algo} | – | {budget} | not started | | | | | |")
             continue
-        done = all(t.status() == "done" for t in ts)
+        done = all(sw.done_status(t, str(out)) for t in ts)
         best, final, full, alone, steps = [], [], [], [], []
         for t in ts:
-            for s in t.seeds:
-                d = t.seed_dir(s)
+            for d in seed_dirs_of(t, out):
                 r = load_run(d) if (d / "config.json").is_file() else None
                 if r is None:
                     continue
@@ -322,10 +208,10 @@ def report(trials: list[Trial], out: Path, tiny: bool, png: Path) -> str:
                         r_n = reevaluate(d, n, episodes)
                         if r_n is not None:
                             into.append(r_n["return_mean"])
-        summaries = [json.loads((t.run_dir / "summary.json").read_text()) for t in ts
-                     if (t.run_dir / "summary.json").is_file()]
+        summaries = [json.loads((out / t.run_dir / "summary.json").read_text()) for t in ts
+                     if (out / t.run_dir / "summary.json").is_file()]
         wall = sum(x.get("wall_time_s") or 0.0 for x in summaries) if done else None
-        if done and ts[0].single:  # separate processes: their env steps over the sum of their wall times
+        if done and not is_group_dir(str(out / ts[0].run_dir)):  # separate processes: env steps over summed walls
             sps = sum(x.get("env_steps", 0) for x in summaries) / max(wall or 0.0, 1e-9)
         else:
             sps = summaries[0].get("aggregate_steps_per_s") if done and summaries else None
@@ -349,7 +235,7 @@ def report(trials: list[Trial], out: Path, tiny: bool, png: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/learning", help="campaign folder (default: runs/learning)")
     p.add_argument("--jobs", type=int, default=2, help="trainer processes at a time (one torch thread each)")
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated env ids")
@@ -361,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None,
                    help="env steps of every task (default: each task's budget); an existing run, finished or not, "
                    "is resumed to this many")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2,3; --tiny: 0,1)")
+    p.add_argument("--seeds", default=None, help="seeds, e.g. 0,1 or 0-3 (default: 0,1,2,3; --tiny: 0,1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every run on top of the preset (a variant campaign: give it its own --out)")
     p.add_argument("--doc", default=None, metavar="FILE",
@@ -369,74 +255,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", default=None, metavar="DIR",
                    help="also copy the campaign's results without checkpoints (settings, report, eval/train CSVs, "
                    "re-evaluations) to DIR, e.g. bench/learning_runs/NAME; `--report-only --out DIR` reads it")
-    args = p.parse_args(argv)
-    tasks = [x.strip() for x in args.tasks.split(",") if x.strip()]
-    algos = [x.strip() for x in args.algos.split(",") if x.strip()]
-    bad = [t for t in tasks if t not in TASKS]
-    if bad or not tasks or not algos or args.jobs < 1:
-        print(f"learning.py: tasks must be among {', '.join(TASKS)}, algos non-empty and --jobs >= 1",
-              file=sys.stderr)
-        return 2
-    try:
-        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip()) if args.seeds else None
-        overrides = parse_overrides(args.set)
-    except ValueError as e:
-        print(f"learning.py: {e}", file=sys.stderr)
-        return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_main(PROG, lambda: campaign(p.parse_args(argv), argv))
+
+
+def campaign(args: argparse.Namespace, argv: list[str]) -> int:
+    tasks, algos = sw.parse_list(args.tasks, "tasks"), sw.parse_list(args.algos, "algos")
+    if any(t not in TASKS for t in tasks) or args.jobs < 1:
+        raise UsageError(f"tasks must be among {', '.join(TASKS)} and --jobs >= 1")
+    overrides = parse_set(args.set)
     out = Path(args.out)
     if args.keep and Path(args.keep).resolve() == out.resolve():
-        print("learning.py: --keep must name another folder than --out", file=sys.stderr)
-        return 2
+        raise UsageError("--keep must name another folder than --out")
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    trials = make_trials(algos, tasks, args.with_dacer, args.tiny, args.steps, seeds, overrides)
+    code = 0
+    if not args.report_only:
+        # A campaign folder holds runs of one set of `--set` settings: an unfinished run resumes with the settings
+        # it began with, so starting it again with others would mix two campaigns in one table.
+        grid, saved = {"preset": PRESET, "set": overrides}, out / "campaign.json"
+        if saved.is_file() and json.loads(saved.read_text()) != grid:
+            raise UsageError(f"{out} was started with {saved.read_text().strip()}, not --set {overrides}: use "
+                             "another --out")
+        sw.check_trials(trials)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(str(saved), json.dumps(grid, indent=1) + "\n")
+        ray_args = argparse.Namespace(address=None, num_cpus=args.jobs, cpus_per_trial=1.0, gpus_per_trial=0.0,
+                                      max_retries=2, report_every=600.0)
+        code, _ = sw.run_sweep(sw.Plan(str(out.resolve()), grid, trials, ray_args),
+                               " ".join(["python bench/learning.py", *argv]), adopt=True)
     out.mkdir(parents=True, exist_ok=True)
-    if not args.report_only and not same_campaign(out, overrides):
-        return 2
-    trials = make_trials(out, algos, tasks, args.with_dacer, args.tiny, args.steps, seeds, overrides)
-    failed = 0 if args.report_only else run_trials(trials, args.jobs)
     text = report(trials, out, args.tiny, Path(args.png) if args.png else out / "curves.png")
     print(text)
     if args.doc:
         put_in_doc(Path(args.doc), text)
     if args.keep:
         print(f"kept {keep_results(trials, out, Path(args.keep))} files in {args.keep}")
-    return 1 if failed else 0
-
-
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    """`--set KEY=VALUE` items, each KEY a fastrsm setting and VALUE one it accepts (checked here, before any
-    trainer starts, rather than by every trainer on its own)."""
-    from fastrsm.config import ConfigError, field_names, make_config
-
-    out: dict[str, str] = {}
-    for kv in items:
-        key, eq, value = kv.partition("=")
-        if not eq or key.strip() not in field_names():
-            raise ValueError(f"--set expects KEY=VALUE with KEY a setting of fastrsm/config.py, got {kv!r}")
-        out[key.strip()] = value.strip()
-    try:
-        make_config(PRESET, dict(out))
-    except ConfigError as e:
-        raise ValueError(f"--set: {e}") from None
-    return out
-
-
-def same_campaign(out: Path, overrides: dict[str, str]) -> bool:
-    """A campaign folder holds runs of one set of `--set` settings (OUT/campaign.json): an unfinished run resumes
-    with the settings it began with, so starting it again with others would mix two campaigns in one table."""
-    path = out / "campaign.json"
-    if path.is_file():
-        try:
-            before = json.loads(path.read_text()).get("set", {})
-        except (OSError, json.JSONDecodeError, AttributeError):
-            before = None
-        if before != overrides:
-            print(f"learning.py: {out} was started with --set {before}, not {overrides}: use another --out",
-                  file=sys.stderr)
-            return False
-        return True
-    from fastrsm.utils import atomic_write_text
-
-    atomic_write_text(str(path), json.dumps({"preset": PRESET, "set": overrides}, indent=1) + "\n")
-    return True
+    return 1 if code else 0
 
 
 def put_in_doc(doc: Path, text: str) -> None:
@@ -444,9 +299,7 @@ def put_in_doc(doc: Path, text: str) -> None:
     begin, end = "<!-- report -->", "<!-- end report -->"
     old = doc.read_text(encoding="utf-8")
     if old.count(begin) != 1 or old.count(end) != 1 or old.index(begin) > old.index(end):
-        raise SystemExit(f"learning.py: {doc} needs one '{begin}' line and one '{end}' line after it")
-    from fastrsm.utils import atomic_write_text
-
+        raise SystemExit(f"{PROG}: {doc} needs one '{begin}' line and one '{end}' line after it")
     atomic_write_text(str(doc), old[:old.index(begin) + len(begin)] + "\n" + text.strip() + "\n" + old[old.index(end):])
 
 

@@ -1,4 +1,4 @@
-"""`fastrsm-sweep`: a grid of (env, algo) × seeds on Ray (DESIGN.md "Sweeps").
+"""`fastrsm-sweep`: a grid of (env, algo) × seeds on Ray (docs/design.md "Sweeps").
 
     fastrsm-sweep --envs Hopper-v4,Walker2d-v4 --algos dpmd,sdac,sac --seeds 0-4 --out sweeps/NAME
                   [--preset P] [--set KEY=VALUE ...] [--total-steps N] [--seeds-per-process K]
@@ -13,7 +13,12 @@ ordinary `fastrsm-train` processes, so a trial's state is its run directory and 
   Ray worker, is then a failed attempt, not a dead driver); a retry continues from the trial's latest
   checkpoint with `--resume`; exit code 3 (diverged) is a result and is never retried;
 - `OUT/sweep.json` (written atomically on every state change) holds the grid and each trial's status; running
-  the same command again skips finished trials and resumes the others.
+  the same command again skips finished trials and resumes the others;
+- before an attempt uses a run dir that a trainer of an earlier attempt still holds (its worker or driver died and
+  it is saving a checkpoint on the way out), the sweep waits for it, a bounded time, then stops it.
+
+The running part (`run_sweep` on a `Plan` of `Trial`s) is also the runner of other recipes: bench/learning.py's
+learning campaign builds its own trials (per-task settings, its own run dir names) and runs them here.
 
 `OUT` must be on a file system every node sees (the driver reads the run directories for progress and the
 final table).
@@ -27,6 +32,7 @@ import datetime as _dt
 import json
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -35,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .cli import EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_OK, EXIT_SIGINT, EXIT_USAGE, OneLineParser, parse_set, run_main
-from .config import field_names, make_config
+from .config import make_config
 from .group import is_group_dir, seed_dirs
 from .seeds import parse_seeds  # the one --seeds grammar, shared with fastrsm-train
 from .sweep_task import run_attempt
@@ -48,11 +54,15 @@ INSTALL_HINT = ("Ray is not installed; fastrsm-sweep needs it: pip install 'fast
                 "(or pip install 'ray[default]')")
 # Trial states. `retried`: an attempt failed and another one is queued (from the latest checkpoint).
 STATES = ("pending", "running", "finished", "failed", "retried", "diverged")
-DONE = ("finished", "diverged", "failed")
+DONE = ("finished", "diverged")  # what a trainer's summary.json may say of a run that needs no more training
 # Exit codes of fastrsm-train that another attempt cannot change: bad input, divergence, a full disk.
 NOT_RETRIED = (EXIT_USAGE, EXIT_DIVERGED, EXIT_NO_SPACE)
-# Settings the grid itself sets: a --set of these would silently fight the grid.
+# Settings every trial sets itself: a --set of these would silently fight the grid.
 GRID_KEYS = ("env_id", "algo", "seed")
+# A trainer stopped by SIGTERM saves its checkpoint (and replay buffer) before it lets go of its run dir; an
+# attempt waits this long for an earlier one's trainer, then stops it: SIGTERM, and SIGKILL after the grace.
+HOLDER_WAIT_S = 120.0
+HOLDER_GRACE_S = 30.0
 
 
 # ------------------------------------------------------------------------------------------------- the grid
@@ -67,12 +77,16 @@ def parse_list(text: str, what: str) -> list[str]:
 
 @dataclass
 class Trial:
-    """One schedulable unit: an (env, algo) and the seeds one process trains. `run_dir` is relative to --out."""
+    """One schedulable unit: an (env, algo) and the seeds one process trains, with the settings of its new run.
+    `run_dir` is relative to the sweep's directory."""
 
     env: str
     algo: str
     seeds: list[int]
     run_dir: str
+    preset: str = "paper"
+    settings: dict[str, Any] = field(default_factory=dict)  # `--set`s of a new run, total_steps among them
+    extend: bool = False  # a finished run that went less far than settings["total_steps"] resumes to it
     status: str = "pending"
     attempts: int = 0  # attempts started (1 + retries once it has run)
     exit_code: int | None = None
@@ -82,46 +96,53 @@ class Trial:
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per finished attempt
 
     @property
-    def name(self) -> str:
-        return self.run_dir
-
-    @property
     def label(self) -> str:
         seeds = f"seed {self.seeds[0]}" if len(self.seeds) == 1 else f"seeds {','.join(map(str, self.seeds))}"
         return f"{self.env} {self.algo} {seeds}"
 
 
-def make_trials(envs: Sequence[str], algos: Sequence[str], seeds: Sequence[int], per_process: int) -> list[Trial]:
+def make_trials(envs: Sequence[str], algos: Sequence[str], seeds: Sequence[int], per_process: int,
+                preset: str = "paper", settings: dict[str, Any] | None = None) -> list[Trial]:
     trials = []
     for env in envs:
         for algo in algos:
             for i in range(0, len(seeds), per_process):
                 group = list(seeds[i:i + per_process])
                 tail = str(group[0]) if len(group) == 1 else "seeds" + "-".join(map(str, group))
-                trials.append(Trial(env, algo, group, f"{env}__{algo}__{tail}"))
+                trials.append(Trial(env, algo, group, f"{env}__{algo}__{tail}", preset, dict(settings or {})))
     return trials
 
 
-def multi_seed_supported() -> bool:
-    """Whether the installed fastrsm-train has the multi-seed path (`--seeds a,b,...` in one process)."""
-    from .cli import build_train_parser
+def check_trials(trials: Sequence[Trial]) -> None:
+    """Every check a trial's run gets before Ray starts or a file is written, so that no trial fails on its input
+    later: each (env, algo, seeds per process) and its settings as its trainer would take them (the algorithm's
+    multi-seed path included), and each env made once, as fastrsm-train's own check makes it."""
+    from .agents import check_algo
+    from .envs import env_dims
 
-    return any("--seeds" in a.option_strings for a in build_train_parser()._actions)
+    envs = {}
+    for t in trials:
+        for k in GRID_KEYS:
+            if k in t.settings:
+                raise UsageError(f"--set {k}=...: each trial sets {k} itself (from --envs, --algos, --seeds)")
+        check_algo(t.algo, len(t.seeds) if len(t.seeds) > 1 else None)
+        envs[t.env] = make_config(t.preset, {**t.settings, "env_id": t.env, "algo": t.algo, "seed": t.seeds[0]}) \
+            .env_backend
+    for env, backend in envs.items():
+        env_dims(env, backend)  # unknown ids (with the closest ones named) and spaces fastrsm cannot train on
 
 
-def train_command(trial: Trial, grid: dict[str, Any], out: str, resume: bool) -> list[str]:
+def train_command(trial: Trial, out: str, resume: bool) -> list[str]:
     """The fastrsm-train command line of one attempt. A resumed attempt reads its settings from the run dir."""
     run_dir = os.path.join(out, trial.run_dir)
     cmd = [sys.executable, "-m", "fastrsm.train", "--quiet"]
     if resume:
-        return [*cmd, "--resume", run_dir]
+        further = ["--set", f"total_steps={trial.settings['total_steps']}"] if trial.extend else []
+        return [*cmd, "--resume", run_dir, *further]
     seeds = ["--seed", str(trial.seeds[0])] if len(trial.seeds) == 1 else ["--seeds", ",".join(map(str, trial.seeds))]
-    cmd += ["--env", trial.env, "--algo", trial.algo, *seeds, "--preset", grid["preset"], "--run-dir", run_dir]
-    if grid["total_steps"] is not None:
-        cmd += ["--total-steps", str(grid["total_steps"])]
-    for k, v in grid["set"].items():
-        cmd += ["--set", f"{k}={v}"]
-    return cmd
+    sets = [a for k, v in trial.settings.items() for a in ("--set", f"{k}={v}")]
+    return [*cmd, "--env", trial.env, "--algo", trial.algo, *seeds, "--preset", trial.preset, "--run-dir", run_dir,
+            *sets]
 
 
 # ------------------------------------------------------------------------------------------------ the state
@@ -132,17 +153,18 @@ def _now() -> str:
 class Sweep:
     """The sweep's state file: the grid, the command lines that ran it, and every trial."""
 
-    def __init__(self, out: str, grid: dict[str, Any], trials: list[Trial], argv: list[str]):
+    def __init__(self, out: str, grid: dict[str, Any], trials: list[Trial]):
         self.out, self.grid, self.trials = out, grid, trials
         self.path = os.path.join(out, STATE_FILE)
         self.commands: list[str] = []
-        self.argv = argv
         self.created = _now()
+        self.others: list[dict[str, Any]] = []  # trials of earlier runs that this one does not run (kept as they were)
 
     @classmethod
-    def open(cls, out: str, grid: dict[str, Any], trials: list[Trial], argv: list[str]) -> Sweep:
-        """A new sweep, or the one already in `out` if it has the same grid (else UsageError)."""
-        sweep = cls(out, grid, trials, argv)
+    def open(cls, out: str, grid: dict[str, Any], trials: list[Trial], adopt: bool = False) -> Sweep:
+        """A new sweep, or the one already in `out` if it has the same grid (else UsageError). With `adopt`, an
+        `out` that holds run dirs but no state file is taken over (a recipe whose trials change between runs)."""
+        sweep = cls(out, grid, trials)
         if os.path.isfile(sweep.path):
             try:
                 with open(sweep.path, encoding="utf-8") as f:
@@ -156,13 +178,13 @@ class Sweep:
                                  f"sweep's command or choose another --out")
             by_dir = {t["run_dir"]: t for t in old_trials}
             for t in trials:
-                if t.run_dir in by_dir:
-                    old = by_dir[t.run_dir]
-                    for k in ("status", "attempts", "exit_code", "message", "node", "seconds", "history"):
-                        setattr(t, k, old.get(k, getattr(t, k)))
+                old = by_dir.pop(t.run_dir, {})
+                for k in ("status", "attempts", "exit_code", "message", "node", "seconds", "history"):
+                    setattr(t, k, old.get(k, getattr(t, k)))
+            sweep.others = list(by_dir.values())
             sweep.commands = list(saved.get("commands", []))
             sweep.created = saved.get("created", sweep.created)
-        elif os.path.isdir(out) and os.listdir(out):
+        elif os.path.isdir(out) and os.listdir(out) and not adopt:
             raise UsageError(f"--out {out} exists, is not empty and holds no {STATE_FILE}; choose another --out")
         return sweep
 
@@ -170,7 +192,39 @@ class Sweep:
         counts = {s: sum(t.status == s for t in self.trials) for s in STATES}
         atomic_write_json(self.path, {
             "version": SWEEP_VERSION, "grid": self.grid, "created": self.created, "updated": _now(),
-            "commands": self.commands, "counts": counts, "trials": [asdict(t) for t in self.trials]})
+            "commands": self.commands, "counts": counts, "trials": [asdict(t) for t in self.trials] + self.others})
+
+
+def _has_checkpoint(run_dir: str) -> bool:
+    """A run dir with its latest checkpoint, or a multi-seed group (fastrsm.group) whose seeds all have theirs."""
+    if os.path.isfile(os.path.join(run_dir, "checkpoints", "latest.pt")):
+        return True
+    if not is_group_dir(run_dir):
+        return False
+    try:
+        dirs = seed_dirs(run_dir)
+    except ValueError:  # an unreadable group.json: the run starts afresh rather than resuming a guess
+        return False
+    return bool(dirs) and all(os.path.isfile(os.path.join(d, "checkpoints", "latest.pt")) for d in dirs)
+
+
+def done_status(trial: Trial, out: str) -> str | None:
+    """What the trial's summary.json says if it needs no more training (finished or diverged), else None; a
+    finished run that `extend` takes further than it went, from its checkpoint, is not done."""
+    run_dir = os.path.join(out, trial.run_dir)
+    try:
+        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+        status = summary.get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if status not in DONE:
+        return None
+    went = summary.get("env_steps_per_seed", summary.get("env_steps", 0))
+    if trial.extend and status == "finished" and went < int(trial.settings["total_steps"]) and \
+            _has_checkpoint(run_dir):
+        return None
+    return status
 
 
 # ------------------------------------------------------------------------------------------------ reporting
@@ -270,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of every run")
     p.add_argument("--total-steps", type=int, default=None, help="environment steps per run (default: preset's)")
     p.add_argument("--seeds-per-process", type=int, default=1, metavar="K",
-                   help="seeds trained by one process (K > 1 needs fastrsm-train --seeds)")
+                   help="seeds trained by one process (K > 1: fastrsm-train --seeds, for the algorithms that have it)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C", help="Ray CPUs per trial (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="F",
                    help="Ray GPUs per trial, fractional to share one (0.25: four per GPU); 0 = train on CPU")
@@ -286,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class Plan:
+    """What run_sweep runs: trials, the grid naming them in the state file, build_parser's Ray and retry options."""
+
     out: str
     grid: dict[str, Any]
     trials: list[Trial]
@@ -294,17 +350,11 @@ class Plan:
 
 def prepare(argv: Sequence[str] | None) -> Plan:
     """Every check a sweep's input gets before Ray starts or a file is written."""
-    from .agents import check_algo
-    from .envs import check_env_id
-
     args = build_parser().parse_args(argv)
     envs, algos = parse_list(args.envs, "envs"), parse_list(args.algos, "algos")
     seeds = parse_seeds(args.seeds)
     if args.seeds_per_process < 1:
         raise UsageError(f"--seeds-per-process must be at least 1, got {args.seeds_per_process}")
-    if args.seeds_per_process > 1 and not multi_seed_supported():
-        raise UsageError(f"--seeds-per-process {args.seeds_per_process} needs the multi-seed path "
-                         "(fastrsm-train --seeds), which this fastrsm-train does not have; use --seeds-per-process 1")
     if args.total_steps is not None and args.total_steps < 1:
         raise UsageError(f"--total-steps must be positive, got {args.total_steps}")
     if args.max_retries < 0:
@@ -319,24 +369,15 @@ def prepare(argv: Sequence[str] | None) -> Plan:
     if args.num_cpus is not None and args.address:
         raise UsageError("--num-cpus sizes the local Ray; a cluster (--address) has its own")
     overrides = parse_set(args.set)
-    for k in overrides:
-        if k in GRID_KEYS:
-            raise UsageError(f"--set {k}=...: the sweep sets {k} from --envs/--algos/--seeds")
-        if k not in field_names():
-            make_config(args.preset, {k: overrides[k]})  # raises ConfigError naming the closest setting
-    for algo in algos:
-        check_algo(algo)
-    for env in envs:
-        # The whole config of each (env, algo) is validated here, so no trial fails on a setting later.
-        cfg = make_config(args.preset, {**overrides, "env_id": env, "algo": algos[0], "seed": seeds[0],
-                                        **({"total_steps": args.total_steps} if args.total_steps else {})})
-        check_env_id(env, cfg.env_backend)
+    settings = {**overrides, **({"total_steps": args.total_steps} if args.total_steps else {})}
+    trials = make_trials(envs, algos, seeds, args.seeds_per_process, args.preset, settings)
+    check_trials(trials)
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {args.out}: exists and is not a directory")
     grid = {"envs": envs, "algos": algos, "seeds": seeds, "seeds_per_process": args.seeds_per_process,
             "preset": args.preset, "total_steps": args.total_steps, "set": overrides}
-    return Plan(out, grid, make_trials(envs, algos, seeds, args.seeds_per_process), args)
+    return Plan(out, grid, trials, args)
 
 
 def _check_reachable(address: str) -> None:
@@ -383,45 +424,55 @@ def check_resources(ray: Any, args: argparse.Namespace) -> None:
                          "Ray has")
 
 
-def _has_checkpoint(run_dir: str) -> bool:
-    """A run dir with its latest checkpoint, or a multi-seed group (fastrsm.group) whose seeds all have theirs."""
-    if os.path.isfile(os.path.join(run_dir, "checkpoints", "latest.pt")):
-        return True
-    if not is_group_dir(run_dir):
-        return False
+def _attempt(out: str, trial: Trial) -> dict[str, Any]:
+    """The trial's latest attempt.json (fastrsm.sweep_task writes it once the attempt's trainer has started)."""
     try:
-        dirs = seed_dirs(run_dir)
-    except ValueError:  # an unreadable group.json: the run starts afresh rather than resuming a guess
-        return False
-    return bool(dirs) and all(os.path.isfile(os.path.join(d, "checkpoints", "latest.pt")) for d in dirs)
+        with open(os.path.join(out, ".sweep", trial.run_dir, "attempt.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
-def _summary_status(run_dir: str) -> str | None:
-    try:
-        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
-            return json.load(f).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+def release_run_dir(trial: Trial, out: str) -> None:
+    """Before an attempt uses the trial's run dir: a trainer of an earlier attempt that still holds its lock (the
+    worker or the driver that ran it died; it saves a checkpoint on its way out) gets HOLDER_WAIT_S to let go, then
+    SIGTERM, then SIGKILL after HOLDER_GRACE_S; said in one line. A holder on another node is not signalled."""
+    from .lock import holder_pid, wait_for_release
+
+    run_dir = os.path.join(out, trial.run_dir)
+    if not os.path.isdir(run_dir) or wait_for_release(run_dir, HOLDER_WAIT_S):
+        return
+    pid, node = holder_pid(run_dir), _attempt(out, trial).get("node") or socket.gethostname()
+    if not pid:  # let go just now (None), or no pid written (0): nothing to signal
+        return
+    how = f"not stopped, it runs on {node}"
+    if node == socket.gethostname():
+        how = "stopped it with SIGTERM"
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            if not wait_for_release(run_dir, HOLDER_GRACE_S):
+                os.kill(pid, signal.SIGKILL)
+                how = f"stopped it with SIGKILL ({HOLDER_GRACE_S:g} s after SIGTERM)"
+                wait_for_release(run_dir, HOLDER_GRACE_S)
+    _say(f"{trial.label}: pid {pid} still held {trial.run_dir} after {HOLDER_WAIT_S:g} s: {how}")
 
 
-def run_sweep(plan: Plan, argv: list[str]) -> int:
+def run_sweep(plan: Plan, command: str, adopt: bool = False) -> tuple[int, Sweep]:
+    """Runs every trial not done yet (retries from checkpoints; a restarted driver resumes, runs nothing twice)
+    and returns the exit code (EXIT_OK, 1 if a trial failed out of retries, 130/143 if stopped) and the state.
+    `command` is recorded in the state file; `adopt`: see Sweep.open."""
     try:
         import ray
     except ImportError:
         raise UsageError(INSTALL_HINT) from None
     args, out = plan.args, plan.out
-    sweep = Sweep.open(out, plan.grid, plan.trials, argv)  # refuses another sweep's --out before Ray starts
+    sweep = Sweep.open(out, plan.grid, plan.trials, adopt)  # refuses another sweep's --out before Ray starts
     start_ray(ray, args)
     check_resources(ray, args)
 
     os.makedirs(out, exist_ok=True)
-    sweep.commands.append(" ".join([PROG, *argv]))
+    sweep.commands.append(command)
     side_root = os.path.join(out, ".sweep")
-    # A trial's torch threads: the preset's / --set's, or (when that is 0, torch's "all cores") its Ray CPUs,
-    # so trials sharing a machine do not oversubscribe it (OpenMP's spinning makes that many times slower).
-    preset_threads = make_config(plan.grid["preset"], plan.grid["set"]).torch_threads
-    threads = preset_threads or max(1, int(args.cpus_per_trial))
-    device = [] if "device" in plan.grid["set"] else ["--device", "cuda" if args.gpus_per_trial > 0 else "cpu"]
     task = ray.remote(run_attempt).options(num_cpus=args.cpus_per_trial, num_gpus=args.gpus_per_trial,
                                            max_retries=0)  # retries are ours: they resume from the checkpoint
 
@@ -434,39 +485,54 @@ def run_sweep(plan: Plan, argv: list[str]) -> int:
     def submit(t: Trial) -> Any:
         run_dir = os.path.join(out, t.run_dir)
         resume = _has_checkpoint(run_dir)
-        cmd = train_command(t, plan.grid, out, resume)
+        cmd = train_command(t, out, resume)
+        # A trial's torch threads: its settings' or (when that is 0, torch's "all cores") its Ray CPUs, so trials
+        # sharing a machine do not oversubscribe it (OpenMP's spinning makes that many times slower).
+        own_threads = make_config(t.preset, t.settings).torch_threads
+        threads = own_threads or max(1, int(args.cpus_per_trial))
         if not resume:
-            cmd += device + (["--set", f"torch_threads={threads}"] if not preset_threads else [])
+            cmd += [] if "device" in t.settings else ["--device", "cuda" if args.gpus_per_trial > 0 else "cpu"]
+            cmd += [] if own_threads else ["--set", f"torch_threads={threads}"]
         t.attempts += 1
+        _say(f"{t.label}: attempt {t.attempts}: fastrsm-train {' '.join(cmd[3:])}")
         return task.remote(cmd, run_dir, os.path.join(side_root, t.run_dir), t.attempts, threads, not resume)
 
-    # Trials already done in an earlier run of this command are skipped; finished means a finished summary.
-    inflight: dict[Any, Trial] = {}
-    for t in sweep.trials:
-        if t.status in ("finished", "diverged") and _summary_status(os.path.join(out, t.run_dir)) == t.status:
-            continue
-        if t.status != "pending":
-            t.status = "retried" if t.attempts else "pending"
-        inflight[submit(t)] = t
-    skipped = len(sweep.trials) - len(inflight)
-    sweep.save()
-    _say(f"sweep {out}: {len(sweep.trials)} trials ({skipped} already done), Ray "
-         f"{'at ' + args.address if args.address else 'local'} with {ray.cluster_resources().get('CPU', 0):g} CPUs, "
-         f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
+    stopped_by = [signal.SIGINT]
 
-    last_report = time.time()
+    def on_sigterm(signum: int, _frame: Any) -> None:  # a kill or a job scheduler's stop: the same as Ctrl-C
+        stopped_by[0] = signum
+        raise KeyboardInterrupt
+
+    inflight: dict[Any, Trial] = {}
+    old_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        # Trials done in an earlier run (their summary.json says so) are skipped, whatever the state file says;
+        # a trainer of the killed driver still at work finishes (or is stopped) first.
+        todo = []
+        for t in sweep.trials:
+            release_run_dir(t, out)
+            done = done_status(t, out)
+            if done:
+                t.status = done
+                _say(f"skip {t.label}: {done}")
+            else:
+                t.status = "retried" if t.attempts else "pending"
+                todo.append(t)
+        sweep.save()
+        _say(f"sweep {out}: {len(sweep.trials)} trials ({len(sweep.trials) - len(todo)} already done), Ray "
+             f"{'at ' + args.address if args.address else 'local'} with {ray.cluster_resources().get('CPU', 0):g} "
+             f"CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
+        for t in todo:
+            inflight[submit(t)] = t
+        last_report = time.time()
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
             # An attempt is running once its trainer has started (its attempt.json names this attempt).
             for t in inflight.values():
-                if t.status in ("pending", "retried"):
-                    with contextlib.suppress(OSError, ValueError):
-                        with open(os.path.join(side_root, t.run_dir, "attempt.json"), encoding="utf-8") as f:
-                            info = json.load(f)
-                        if info.get("attempt") == t.attempts:
-                            t.node = info.get("node", "")
-                            set_status(t, "running")
+                info = _attempt(out, t) if t.status in ("pending", "retried") else {}
+                if info.get("attempt") == t.attempts:
+                    t.node = info.get("node", "")
+                    set_status(t, "running")
             for ref in ready:
                 t = inflight.pop(ref)
                 try:
@@ -482,7 +548,6 @@ def run_sweep(plan: Plan, argv: list[str]) -> int:
                 t.exit_code = code
                 t.history.append({"attempt": t.attempts, "exit_code": code, "ended": _now(), **({"error": why}
                                                                                                if why else {})})
-                run_dir = os.path.join(out, t.run_dir)
                 if code == EXIT_OK:
                     t.message = ""
                     set_status(t, "finished")
@@ -493,33 +558,46 @@ def run_sweep(plan: Plan, argv: list[str]) -> int:
                     why = why or (f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}")
                     t.message = f"{why}; log: {os.path.join(side_root, t.run_dir, 'train.log')}"
                     if code not in NOT_RETRIED and t.attempts <= args.max_retries:
-                        again = "from its checkpoint" if _has_checkpoint(run_dir) else "from the start"
+                        again = "from its checkpoint" if _has_checkpoint(os.path.join(out, t.run_dir)) else \
+                            "from the start"
                         set_status(t, "retried", f"{why}; again {again}")
+                        release_run_dir(t, out)
                         inflight[submit(t)] = t
                     else:
                         set_status(t, "failed", t.message)
             if time.time() - last_report >= args.report_every and inflight:
                 last_report = time.time()
                 print(progress_table(sweep, out), end="", flush=True)
-    except KeyboardInterrupt:  # Ctrl-C, or Ray gone: the trainers get SIGTERM (checkpoint) with their workers
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or Ray gone
+        from .lock import wait_for_release
+
+        # This node's trainers (in sessions of their own, out of the terminal's Ctrl-C) get SIGTERM, save their
+        # checkpoints and exit before the driver does; the others get it when Ray ends their workers.
+        for t in inflight.values():
+            info = _attempt(out, t)
+            if info.get("attempt") == t.attempts and info.get("node") == socket.gethostname():
+                with contextlib.suppress(OSError):
+                    os.kill(info["pid"], signal.SIGTERM)
         for t in inflight.values():
             t.status = "retried" if t.attempts > 1 else "pending"
+            wait_for_release(os.path.join(out, t.run_dir), HOLDER_WAIT_S)
         sweep.save()
-        _say(f"interrupted: {tally(sweep)}; run the same command again to continue")
+        _say(f"stopped: {tally(sweep)}; run the same command again to continue")
         ray.shutdown()
-        return EXIT_SIGINT
-
-    return finish(sweep, out)
+        return 128 + stopped_by[0], sweep  # 130 or 143, as fastrsm-train
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
+    # A diverged trial is a result; only a failed one (out of retries) makes the sweep fail.
+    return (1 if any(t.status == "failed" for t in sweep.trials) else EXIT_OK), sweep
 
 
 def finish(sweep: Sweep, out: str) -> int:
-    from .plot import PlotError, save_plot
+    """The sweep's table (table.md, printed) and curves (curves.png) of every trial's runs."""
+    from .plot import PlotError, load_runs, save_plot
 
     _say(f"sweep done: {tally(sweep)}")
     try:
         table, _ = final_table(out, sweep)
-        from .plot import load_runs
-
         png = save_plot(load_runs([out]), os.path.join(out, "curves.png"))
     except PlotError as e:
         print(f"{PROG}: no table: {e}", file=sys.stderr)
@@ -527,7 +605,6 @@ def finish(sweep: Sweep, out: str) -> int:
     atomic_write_text(os.path.join(out, "table.md"), table)
     print(table, end="")
     print(f"{PROG}: wrote {os.path.join(out, 'table.md')} and {png}", file=sys.stderr)
-    # A diverged trial is a result; only a failed one (out of retries) makes the sweep fail.
     return EXIT_OK if not any(t.status == "failed" for t in sweep.trials) else 1
 
 
@@ -537,12 +614,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         plan = prepare(argv)
-        return run_sweep(plan, argv)
+        code, sweep = run_sweep(plan, " ".join([PROG, *argv]))
+        return code if code >= EXIT_SIGINT else finish(sweep, plan.out)
 
     return run_main(PROG, body)
 
 
-__all__ = ["Trial", "Sweep", "make_trials", "parse_seeds", "multi_seed_supported", "train_command", "main"]
+__all__ = ["Plan", "Trial", "Sweep", "check_trials", "done_status", "make_trials", "parse_seeds", "run_sweep",
+           "train_command", "main"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,5 +1,6 @@
-"""bench/learning.py end to end at a tiny budget: it trains, survives being stopped, resumes without losing or
-repeating an evaluation row, skips what is done, and writes the report (table with the N = 1 column + PNG)."""
+"""bench/learning.py end to end at a tiny budget: it trains (on fastrsm-sweep's machinery), survives being stopped,
+resumes without losing or repeating an evaluation row, skips what is done, and writes the report (table with the
+N = 1 column + PNG)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def _eval_steps(seed_dir: Path) -> list[int]:
 @pytest.mark.slow
 def test_campaign_stops_resumes_and_reports(tmp_path: Path) -> None:
     pytest.importorskip("mujoco")
+    pytest.importorskip("ray")
     out = tmp_path / "camp"
     group = out / f"{ENV}__sac"
     # 1) stop the campaign once every seed has its first checkpoint (step 150 of 1200)
@@ -59,7 +61,7 @@ def test_campaign_stops_resumes_and_reports(tmp_path: Path) -> None:
     mtime = (group / "seed_0" / "eval.csv").stat().st_mtime_ns
     p = _campaign(out, "--algos", "sac", "--steps", "1200")
     log = p.communicate(timeout=300)[0]
-    assert p.returncode == 0 and f"skip {ENV} sac: done" in log, log[-2000:]
+    assert p.returncode == 0 and f"skip {ENV} sac seeds 0,1: finished" in log, log[-2000:]
     assert (group / "seed_0" / "eval.csv").stat().st_mtime_ns == mtime
 
     # 3b) a larger --steps extends the finished run from its checkpoint: the old rows kept, the new ones once
@@ -112,18 +114,17 @@ def test_campaign_stops_resumes_and_reports(tmp_path: Path) -> None:
 
 def test_single_seed_algorithms_get_one_run_per_seed(tmp_path: Path, import_bench) -> None:
     learning = import_bench("learning")
-    trials = learning.make_trials(tmp_path, ["sac"], [ENV], with_dacer=True, tiny=False)
+    from fastrsm import sweep as sw
+
+    trials = learning.make_trials(["sac"], [ENV], with_dacer=True, tiny=False)
     assert [(t.algo, t.seeds) for t in trials] == [
-        ("sac", (0, 1, 2, 3)), *[(a, (s,)) for a in ("dacer", "dacer2") for s in (0, 1, 2, 3)]]
+        ("sac", [0, 1, 2, 3]), *[(a, [s]) for a in ("dacer", "dacer2") for s in (0, 1, 2, 3)]]
     sac, dacer_1 = trials[0], trials[2]
-    assert "--seeds" in sac.command() and sac.run_dir.name == f"{ENV}__sac"
-    cmd = dacer_1.command()
-    assert "--seeds" not in cmd and cmd[cmd.index("--seed") + 1] == "1"
-    assert dacer_1.run_dir.name == f"{ENV}__dacer__seed1" and dacer_1.status() == "new"
-    (dacer_1.run_dir / "checkpoints").mkdir(parents=True)
-    assert dacer_1.status() == "broken"
-    (dacer_1.run_dir / "checkpoints" / "latest.pt").write_bytes(b"x")
-    assert dacer_1.status() == "partial" and "--resume" in dacer_1.command()
+    assert "--seeds" in sw.train_command(sac, str(tmp_path), resume=False) and sac.run_dir == f"{ENV}__sac"
+    cmd = sw.train_command(dacer_1, str(tmp_path), resume=False)
+    assert "--seeds" not in cmd and cmd[cmd.index("--seed") + 1] == "1" and "--preset" in cmd
+    assert dacer_1.run_dir == f"{ENV}__dacer__seed1" and "total_steps=30000" in cmd
+    sw.check_trials(trials)  # every trial as its trainer takes it: no multi-seed group of DACER
 
 
 def test_report_goes_between_the_doc_markers(tmp_path: Path, import_bench) -> None:
@@ -149,20 +150,28 @@ def test_campaign_refuses_unknown_task(tmp_path: Path) -> None:
 
 def test_variant_campaign_passes_its_settings_and_keeps_to_them(tmp_path: Path, import_bench) -> None:
     learning = import_bench("learning")
-    over = learning.parse_overrides(["explore_std=0.25", "learn_alpha=false"])
-    trials = learning.make_trials(tmp_path, ["dpmd"], ["Hopper-v4"], False, False, 40_000, (0, 1), over)
-    cmd = trials[0].command()
-    assert trials[0].seeds == (0, 1) and cmd[cmd.index("--seeds") + 1] == "0,1"
+    from fastrsm import sweep as sw
+
+    over = {"explore_std": "0.25", "learn_alpha": "false"}
+    trials = learning.make_trials(["dpmd"], ["Hopper-v4"], False, False, 40_000, [0, 1], over)
+    cmd = sw.train_command(trials[0], str(tmp_path), resume=False)
+    assert trials[0].seeds == [0, 1] and cmd[cmd.index("--seeds") + 1] == "0,1"
     assert {"explore_std=0.25", "learn_alpha=false", "total_steps=40000"} <= set(cmd)
-    for bad in (["explore_std"], ["no_such_setting=1"], ["explore_std=-1"]):
-        with pytest.raises(ValueError):
-            learning.parse_overrides(bad)
+    assert trials[0].extend  # --steps: an existing run, finished or not, goes on to 40k
+    assert sw.train_command(trials[0], str(tmp_path), resume=True)[-2:] == ["--set", "total_steps=40000"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), "--tasks", ENV, "--algos", "sac", *args],
+                              capture_output=True, text=True, cwd=ROOT)
+
+    # every bad --set is refused in one line before anything is written or started
+    for bad, words in ((["explore_std"], "KEY=VALUE"), (["no_such_setting=1"], "unknown setting"),
+                       (["explore_std=-1"], "explore-std"), (["seed=1"], "seed")):
+        r = run("--out", str(tmp_path / "bad"), *[a for kv in bad for a in ("--set", kv)])
+        assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not (tmp_path / "bad").exists()
     # a campaign folder keeps the settings it began with: another --set there is refused
-    assert learning.same_campaign(tmp_path, over) and learning.same_campaign(tmp_path, over)
-    assert not learning.same_campaign(tmp_path, {})
-    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--tasks", ENV, "--algos", "sac",
-                        "--set", "tau=0.01"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "use another --out" in r.stderr and not (tmp_path / f"{ENV}__sac").exists()
-    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "b"), "--set", "tau"],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+    (tmp_path / "camp").mkdir()
+    (tmp_path / "camp" / "campaign.json").write_text('{"preset": "small", "set": {"tau": "0.01"}}')
+    r = run("--out", str(tmp_path / "camp"))
+    assert r.returncode == 2 and "use another --out" in r.stderr and not (tmp_path / "camp" / f"{ENV}__sac").exists()
