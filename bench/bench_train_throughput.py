@@ -73,9 +73,9 @@ class FastrsmLoop(Contestant):
         from fastrsm.backend import make_ops
         from fastrsm.config import make_config
         from fastrsm.envs import make_vec_env
-        from fastrsm.learner import make_learner
         from fastrsm.loop import LoopState
         from fastrsm.replay import ReplayBuffer
+        from fastrsm.runner import make_learner
 
         self.name, self.note = name, note
         self.cfg = cfg = make_config(preset, {"env_id": ENV_ID, "device": "cpu", "backend": "torch", **overrides})

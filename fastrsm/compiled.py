@@ -62,16 +62,16 @@ class CompiledLearner(Learner):
         self._seen.add(key)
         return out
 
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         fn = self._acts.get(explore)
         if fn is None:
             agent = self.agent
 
-            def act_fn(o: torch.Tensor) -> torch.Tensor:
-                return agent.act(o, explore)
+            def act_fn(o: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+                return agent.act(o, explore, g)
 
             fn = self._acts[explore] = torch.compile(act_fn, dynamic=False, **self._compile_kwargs)
-        return self._timed(("act", explore, tuple(obs.shape)), fn, obs)
+        return self._timed(("act", explore, tuple(obs.shape), generator is None), fn, obs, generator)
 
     def capture(self, replay: Any, obs: torch.Tensor | None = None) -> None:
         """Compile now every update the schedule can reach (and act(explore=True) for `obs`), leaving the agent

@@ -171,9 +171,6 @@ def draw_chain_inputs(rows: int, T: int, A: int, device: torch.device | str, see
     x_T = x_T_scale * randn(seeds, rows, A, device=device, generator=generator)
     noise = randn(seeds, T, rows, A, device=device, generator=generator).transpose(0, 1)
     return x_T, noise
-    x_T = x_T_scale * torch.randn(seeds, rows, A, device=device, generator=generator)
-    noise = torch.randn(seeds, T, rows, A, device=device, generator=generator).transpose(0, 1)
-    return x_T, noise
 
 
 def sample_chain(eps_net: nn.Module, sched: Schedule, s: torch.Tensor, x_T: torch.Tensor | None = None,

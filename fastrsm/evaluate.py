@@ -12,23 +12,12 @@ import numpy as np
 import torch
 
 from .cli import OneLineParser, run_main
-from .config import Config, field_names, make_config
+from .config import field_names, make_config
 from .envs import evaluate_episodes, make_vec_env
 from .group import is_group_dir, seed_dirs
 from .policy import checkpoint_path, load_policy
 from .runlog import read_config
 from .utils import UsageError, atomic_write_json
-
-
-def evaluate_agent(agent, cfg: Config, episodes: int, seed: int, device: torch.device) -> list[float]:
-    env = make_vec_env(cfg.env_id, episodes, seed, cfg.env_backend)
-    try:
-        def policy(obs: np.ndarray) -> np.ndarray:
-            return agent.act(torch.as_tensor(obs, device=device), explore=False).cpu().numpy()
-
-        return [float(r) for r in evaluate_episodes(env, policy, episodes)]
-    finally:
-        env.close()
 
 
 def main(argv: list[str] | None = None) -> int:

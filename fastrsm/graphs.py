@@ -161,10 +161,11 @@ class GraphedLearner(Learner):
         return self.mode != "eager"
 
     # ------------------------------------------------------------------------------------------ acting
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
-        """The agent's action for `obs` [num_envs, obs_dim]; other batch sizes run eagerly."""
-        if self.mode == "eager" or tuple(obs.shape) != self.obs_shape:
-            return self.agent.act(obs, explore)
+    def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The agent's action for `obs` [num_envs, obs_dim]; other batch sizes, or draws from an explicit
+        `generator` (a graph replays the global generator's stream), run eagerly."""
+        if self.mode == "eager" or generator is not None or tuple(obs.shape) != self.obs_shape:
+            return self.agent.act(obs, explore, generator)
         static_obs, captured = self._acts.get(explore) or self._capture_act(obs, explore)
         static_obs.copy_(obs)
         captured.replay()

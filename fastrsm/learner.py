@@ -40,8 +40,8 @@ class Learner:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.agent).__name__})"
 
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
-        return self.agent.act(obs, explore)
+    def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.agent.act(obs, explore, generator)
 
     def update(self, replay: Sampler) -> Metrics:
         """One gradient update: the parts the agent's schedule names, then the counters advance."""
@@ -72,16 +72,3 @@ class OneBatch:
     def __len__(self) -> int:
         return 1
 
-
-def make_learner(agent: Agent, backend: str, cuda_graphs: bool = False, num_envs: int = 1) -> Learner:
-    """The learner of a resolved `backend`: compiled for 'compile', CUDA-graphed on CUDA when `cuda_graphs`
-    (experimental: never yet run on a GPU), else eager."""
-    if backend == "compile":
-        from .compiled import CompiledLearner
-
-        return CompiledLearner(agent)
-    if cuda_graphs and agent.device.type == "cuda":
-        from .graphs import GraphedLearner
-
-        return GraphedLearner(agent, num_envs)
-    return Learner(agent)

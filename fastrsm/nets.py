@@ -222,13 +222,16 @@ class GaussianActor(nn.Module):
         super().__init__()
         self.net = mlp(obs_dim, hidden, layers, 2 * act_dim, seeds)  # seeds: S stacked actors, s [S, ..., obs]
 
-    def forward(self, s: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, s: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.net(s).chunk(2, dim=-1)
         log_std = self.LOG_STD_MIN + 0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN) * (torch.tanh(log_std) + 1)
         if deterministic:
             return torch.tanh(mean), torch.zeros(s.shape[:-1], device=s.device)
         std = log_std.exp()
-        u = mean + std * torch.randn_like(mean)
+        z = torch.randn_like(mean) if generator is None else torch.randn(mean.shape, generator=generator,
+                                                                         device=mean.device, dtype=mean.dtype)
+        u = mean + std * z
         a = torch.tanh(u)
         # log N(u; mean, std) - sum log(1 - tanh(u)^2), the latter in a numerically stable form
         logp = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)

@@ -84,8 +84,7 @@ class Policy(NumpyActing):
         """obs [B, obs_dim] (a tensor on `device`) -> actions [B, act_dim] in [-1, 1] (the policy's own range)."""
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(f"observations must be [B, {self.obs_dim}], got {tuple(obs.shape)}")
-        with _own_rng(self._gen, self.device):
-            return self.learner.act(obs.to(self.device, torch.float32), explore=False)
+        return self.learner.act(obs.to(self.device, torch.float32), explore=False, generator=self._gen)
 
     def to_env(self, a_unit: torch.Tensor) -> torch.Tensor:
         """Actions in the policy's range [-1, 1] (as `act_unit` gives them) -> the env's bounds."""
@@ -99,7 +98,9 @@ class Policy(NumpyActing):
 
 
 class _own_rng:
-    """Run a block on `gen`'s random stream (the global generator's state is swapped in and out)."""
+    """Run a block on `gen`'s random stream (the global generator's state is swapped in and out): for an exported
+    program (fastrsm.export), whose random ops draw from the global generator and take no generator argument.
+    Not thread-safe; Policy passes its generator down instead."""
 
     def __init__(self, gen: torch.Generator, device: torch.device):
         self.gen, self.cuda = gen, device.type == "cuda"
@@ -171,7 +172,7 @@ def load_policy(run_dir: str, checkpoint: str = "best", device: str = "cpu", par
         raise UsageError(f"checkpoint {path} does not fit the run's {cfg.algo} agent ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
     agent.eval()
-    n = cfg.particles if hasattr(agent, "policy_ema") else None
+    n = agent.deploy_particles()
     learner = None
     if backend == "compile":
         # the whole act (chain, Q scoring, argmax) as one compiled function, built on the first call of each

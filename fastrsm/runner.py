@@ -33,12 +33,15 @@ import torch
 
 from . import loop
 from .agents import make_agent
+from .agents.base import Agent
 from .backend import make_ops, resolve_backend
 from .cli import EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_SIGINT, EXIT_SIGTERM
+from .compiled import CompiledLearner
 from .config import Config
 from .envs import evaluate_episodes, make_vec_env
+from .graphs import GraphedLearner
 from .group import GROUP_FILE, SeedEnvs, finite_seeds, seed_dir, write_group_summary
-from .learner import Learner, make_learner
+from .learner import Learner
 from .loop import Diverged, LoopState, StopSignals, env_seed, eval_seed
 from .profiling import enable_nvtx, nvtx_range
 from .replay import ReplayBuffer
@@ -49,6 +52,16 @@ from .utils import DiskFullError, atomic_write_json, resolve_device, rng_state, 
 # On a CPU, a run whose measured pace puts its end further away than this gets one line of advice.
 SLOW_RUN_SECONDS = 2 * 3600.0
 PACE_UPDATES = (100, 400)  # the pace is measured between these update counts (after start-up costs)
+
+
+def make_learner(agent: Agent, backend: str, cuda_graphs: bool = False, num_envs: int = 1) -> Learner:
+    """The learner of a resolved `backend`: compiled for 'compile', CUDA-graphed on CUDA when `cuda_graphs`
+    (experimental: never yet run on a GPU), else eager."""
+    if backend == "compile":
+        return CompiledLearner(agent)
+    if cuda_graphs and agent.device.type == "cuda":
+        return GraphedLearner(agent, num_envs)
+    return Learner(agent)
 
 
 class _Pace:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from .agents.base import Agent
-from .config import ConfigError
 from .replay import Batch, check_replay_state, saved_rows
+from .settings import ConfigError
 
 
 def parse_seeds(text: str) -> list[int]:

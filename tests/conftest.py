@@ -52,3 +52,33 @@ def import_bench():
         finally:
             sys.path.remove(BENCH)
     return load
+
+
+@pytest.fixture
+def poison_seed(monkeypatch):
+    """`poison_seed(index, start, then=None)`: from the `start`-th replay sample of a `--seeds` group on, seed
+    `index`'s rewards are NaN, so its NaN guard freezes it; `then(n)` runs after the n-th sample (a signal, say).
+    Returns the unpoisoned `SeedReplay.sample`, to put back with monkeypatch.setattr."""
+    from fastrsm.replay import Batch
+    from fastrsm.seeds import SeedReplay
+
+    real = SeedReplay.sample
+
+    def arm(index: int, start: int, then=None):
+        count = [0]
+
+        def poisoned(self):
+            b = real(self)
+            count[0] += 1
+            if count[0] >= start:
+                r = b.reward.clone()
+                r[index] = float("nan")
+                b = Batch(b.obs, b.action, r, b.next_obs, b.terminated)
+            if then is not None:
+                then(count[0])
+            return b
+
+        monkeypatch.setattr(SeedReplay, "sample", poisoned)
+        return real
+
+    return arm

@@ -85,9 +85,9 @@ def test_training_and_target_particles(monkeypatch):
         def __getattr__(self, k):
             return getattr(real, k)
 
-        def sample(self, eps_net, sched, s, particles):
+        def sample(self, eps_net, sched, s, particles, **kw):
             calls.append(particles)
-            return original(eps_net, sched, s, particles)
+            return original(eps_net, sched, s, particles, **kw)
 
     agent.ops = Spy()
     obs = torch.randn(3, S)

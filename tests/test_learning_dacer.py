@@ -1,4 +1,4 @@
-"""Learning test of the baselines (issue 15): with the smoke preset and seed 0, DACER and DACER2 reach an
+"""Learning test of the baselines: with the smoke preset and seed 0, DACER and DACER2 reach an
 evaluation return >= 900 on InvertedPendulum-v4 within 20 000 env steps. Their evaluation is the policy acting
 alone (one chain sample, no best-of-N, no added noise), so the bar tests the policy update itself.
 

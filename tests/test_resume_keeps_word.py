@@ -13,7 +13,6 @@ import signal
 import pytest
 import torch
 
-from fastrsm.replay import Batch
 from fastrsm.runlog import load_checkpoint
 from fastrsm.seeds import SeedReplay
 from fastrsm.train import main
@@ -81,24 +80,15 @@ def test_the_evaluation_cadence_does_not_move_training(tmp_path):
     assert len(la) >= 6 and la == lb
 
 
-def test_a_group_with_a_frozen_seed_resumes_frozen(tmp_path, monkeypatch):
+def test_a_group_with_a_frozen_seed_resumes_frozen(tmp_path, monkeypatch, poison_seed):
     """Seed index 1 diverges; the group is stopped by SIGTERM after the divergence and resumed: the frozen seed
     stays frozen (diverged in its summary, its last good checkpoint untouched), the others finish."""
-    real = SeedReplay.sample
-    state = {"n": 0}
 
-    def poisoned(self):
-        b = real(self)
-        state["n"] += 1
-        if state["n"] >= 60:
-            r = b.reward.clone()
-            r[1] = float("nan")
-            b = Batch(b.obs, b.action, r, b.next_obs, b.terminated)
-        if state["n"] == 150:  # after the NaN check froze seed 1: stop the run as a scheduler would
+    def stop(n: int) -> None:
+        if n == 150:  # after the NaN check froze seed 1: stop the run as a scheduler would
             os.kill(os.getpid(), signal.SIGTERM)
-        return b
 
-    monkeypatch.setattr(SeedReplay, "sample", poisoned)
+    real = poison_seed(1, 60, stop)
     g = tmp_path / "g"
     assert main([*TINY, "--algo", "dpmd", "--total-steps", "600", "--seeds", "0-2", "--run-dir", str(g)]) == 143
     frozen_ckpt = g / "seed_1" / "checkpoints" / "latest.pt"

@@ -15,9 +15,7 @@ from fastrsm.envs import make_vec_env
 from fastrsm.group import SeedEnvs, seed_dirs
 from fastrsm.loop import env_seed
 from fastrsm.plot import main as plot_main
-from fastrsm.replay import Batch
 from fastrsm.runlog import load_checkpoint
-from fastrsm.seeds import SeedReplay
 from fastrsm.train import main
 
 TINY = ["--env", "InvertedPendulum-v4", "--preset", "smoke", "--device", "cpu", "--quiet",
@@ -146,20 +144,8 @@ def test_resume_group_refuses_seeds(tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_a_diverged_seed_is_frozen_and_the_others_continue(tmp_path, monkeypatch):
-    real = SeedReplay.sample
-    calls = {"n": 0}
-
-    def poisoned(self):  # from the 60th update on, seed index 1's rewards are NaN
-        b = real(self)
-        calls["n"] += 1
-        if calls["n"] >= 60:
-            r = b.reward.clone()
-            r[1] = float("nan")
-            b = Batch(b.obs, b.action, r, b.next_obs, b.terminated)
-        return b
-
-    monkeypatch.setattr(SeedReplay, "sample", poisoned)
+def test_a_diverged_seed_is_frozen_and_the_others_continue(tmp_path, poison_seed):
+    poison_seed(1, 60)  # from the 60th update on, seed index 1's rewards are NaN
     g = tmp_path / "g"
     assert main([*TINY, "--total-steps", "300", "--seeds", "0-2", "--run-dir", str(g)]) == 0
     s = _summary(g)

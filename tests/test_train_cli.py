@@ -33,6 +33,11 @@ def _run(args: list[str], capsys) -> tuple[int, str]:
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--backend", "jax"], "unknown backend 'jax'"),
     (["--lr-policy", "-1"], "lr-policy must be a positive number"),
+    # a setting of the shared diffusion block, checked by that block whichever algorithm runs (DPMD's own check
+    # adds to it), and one of DACER's, refused under DACER2 that inherits it
+    (["--algo", "sac", "--explore-std", "-1"], "explore-std must be >= 0"),
+    (["--algo", "dpmd", "--explore-std", "-1"], "explore-std must be >= 0"),
+    (["--algo", "dacer2", "--set", "dacer_alpha_init=-1"], "dacer-alpha-init must be a positive number"),
     (["--set", "particels=3"], "did you mean particles"),
     (["--set", "noequals"], "KEY=VALUE"),
     (["--bogus-flag", "1"], "unrecognized arguments"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..backend import Ops
-from ..config import Config, ConfigError, register_settings
+from ..settings import Config, ConfigError, register_settings
 from .base import Agent, Parts
 from .dacer import DACER
 from .dacer2 import DACER2
@@ -15,7 +15,7 @@ from .sdac import SDAC
 
 AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC, DACER, DACER2)}
 for _cls in AGENTS.values():  # each algorithm's own settings become part of Config
-    register_settings(_cls.Settings)
+    register_settings(_cls.Settings, _cls.algo)
 
 
 def check_algo(algo: str, seeds: int | None = None) -> None:

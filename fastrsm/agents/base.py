@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from ..backend import Ops
-from ..config import AlgoSettings, Config
 from ..losses import critic_loss, td_target
 from ..nets import TwinQ
 from ..profiling import nvtx_range
 from ..replay import Batch
+from ..settings import AlgoSettings, Config
 
 # The names of the parts one update runs, in order, e.g. ("critic",), ("critic", "policy", "alpha").
 # Hashable: fastrsm.graphs keeps one captured graph per distinct value.
@@ -191,8 +191,7 @@ class Agent(nn.Module):
         # One Adam over the stacked parameters keeps the seeds independent: Adam is elementwise (its moments are
         # per element; the step count is the same for all seeds).
         self.seeds = seeds
-        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden, cfg.critic_layers or cfg.layers, seeds=seeds,
-                            activation=cfg.critic_activation).to(device)
+        self.critic = self.make_critic()
         self.critic_target = frozen_copy(self.critic)
         self.compiled = ops.backend == "compile"  # whole-function torch.compile (fastrsm.compiled)
         self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device, self.compiled)
@@ -200,7 +199,19 @@ class Agent(nn.Module):
         self.policy_updates = 0
 
     # -- the parts a subclass provides
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+    def make_critic(self) -> nn.Module:
+        """The twin critics (with `min_q`); an algorithm with another critic (DACER's distributional one)
+        overrides this, and the base builds its targets and optimiser the same way."""
+        cfg = self.cfg
+        return TwinQ(self.obs_dim, self.act_dim, cfg.hidden, cfg.critic_layers or cfg.layers, seeds=self.seeds,
+                     activation=cfg.critic_activation).to(self.device)
+
+    def deploy_particles(self) -> int | None:
+        """The best-of-N candidates a deployed policy acts with (`load_policy` reports it); None: not best-of-N."""
+        return None
+
+    def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Actions in [-1, 1] for `obs`; random draws from `generator` (None: torch's global generator)."""
         raise NotImplementedError
 
     def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, Any]:

@@ -26,21 +26,60 @@ forward-only, so the policy step runs the library's chain, fastrsm.diffusion.sam
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..backend import Ops
-from ..config import Config, ConfigError
 from ..diffusion import DiffusionPolicy, randn, sample_chain
 from ..gmm import gmm_entropy, sklearn_gmm_entropy
 from ..losses import alpha_loss, dsac_critic_loss, dsac_std_ema, dsac_targets
 from ..nets import DistributionalTwinQ
 from ..replay import Batch
-from .base import Agent, Parts, frozen_copy, gradient_step, make_adam
+from ..settings import AlgoSettings, Config, ConfigError, Need
+from .base import Agent, Parts, gradient_step, make_adam
+
+DACER_ENTROPY = ("torch", "sklearn")
+
+
+@dataclass
+class DACERSettings(AlgoSettings):
+    dacer_noise: float = 0.1  # λ_n: acting noise std is exp(log α)·λ_n (0.15 on Humanoid/HalfCheetah)
+    dacer_alpha_init: float = 3.0  # α₀ (log α₀ = log 3)
+    lr_dacer_alpha: float = 0.03
+    dacer_alpha_every: int = 10_000  # gradient updates between GMM entropy estimates / α steps (update 0 too)
+    dacer_entropy: str = "torch"  # torch = batched EM (graph-capturable); sklearn = the official per-state fit
+    dacer_entropy_samples: int = 200  # actions drawn per state for the GMM fit
+    dacer_gmm_components: int = 3
+    dacer_gmm_iters: int = 100  # EM iterations of the torch fit (scikit-learn's max_iter)
+    dsac_std_rate: float = 0.005  # EMA rate of the critics' batch-mean σ (the official code uses τ)
+    dsac_bound: float = 3.0  # the sampled target is bounded to μ ± dsac_bound·m
+    dsac_eps: float = 0.1
+
+    # At the small preset's sizes DACER keeps what defines it (docs/algorithms.md §10): the VP schedule and its own
+    # α₀ 3; it acts with one chain sample (no best-of-N) whatever `particles` says. (α₀ 1, DPMD/SDAC's starting
+    # noise, was tried on InvertedDoublePendulum: the policy saturated at the action bound on 98 % of states instead
+    # of 69 %, the same returns; bench/LEARNING.md.)
+    presets = {"small": dict(schedule="vp")}
+
+    @staticmethod
+    def check(cfg: Config, need: Need) -> None:
+        need(cfg.dacer_entropy in DACER_ENTROPY,
+             f"unknown dacer-entropy {cfg.dacer_entropy!r}; choose one of {', '.join(DACER_ENTROPY)}")
+        for name in ("dacer_alpha_every", "dacer_entropy_samples", "dacer_gmm_components", "dacer_gmm_iters"):
+            v = getattr(cfg, name)
+            need(v > 0, f"{name.replace('_', '-')} must be a positive integer, got {v}")
+        for name in ("dacer_alpha_init", "lr_dacer_alpha", "dsac_std_rate", "dsac_bound", "dsac_eps"):
+            v = getattr(cfg, name)
+            need(math.isfinite(v) and v > 0, f"{name.replace('_', '-')} must be a positive number, got {v}")
+        need(cfg.dsac_std_rate <= 1, f"dsac-std-rate must be in (0, 1], got {cfg.dsac_std_rate}")
+        need(math.isfinite(cfg.dacer_noise) and cfg.dacer_noise >= 0,
+             f"dacer-noise must be >= 0, got {cfg.dacer_noise}")
 
 
 class DACER(Agent):
     algo = "dacer"
+    Settings = DACERSettings
     supports_seeds = False  # its distributional critic and GMM entropy fit have no seed axis yet
     x_T_scale = 1.0  # x_T ~ N(0, I), as DACER's p_sample (not DPMD/SDAC's 0.5·N)
 
@@ -52,11 +91,6 @@ class DACER(Agent):
         if cfg.dacer_entropy == "sklearn" and device.type == "cuda" and cfg.cuda_graphs:
             raise ConfigError("dacer-entropy sklearn runs on the host and cannot be captured in a CUDA graph; "
                               "use --dacer-entropy torch or --cuda-graphs false")
-        # the base's TwinQ is replaced by DSAC-T's distributional twin
-        self.critic = DistributionalTwinQ(obs_dim, act_dim, cfg.hidden, cfg.critic_layers or cfg.layers,
-                                          activation=cfg.critic_activation).to(device)
-        self.critic_target = frozen_copy(self.critic)
-        self.opt_q = make_adam(self.critic.parameters(), cfg.lr_q, device, self.compiled)
         self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
                                       cfg.schedule, cfg.beta_scale, x_T_scale=self.x_T_scale).to(device)
         self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device, self.compiled)
@@ -66,6 +100,12 @@ class DACER(Agent):
         # per-critic EMA m of the batch-mean σ; −1 = not yet set (the first batch sets it), as the official code
         self.register_buffer("q_std_ema", torch.full((2,), -1.0, device=device))
         self.register_buffer("entropy", torch.zeros((), device=device))  # the last GMM estimate (a metric)
+
+    def make_critic(self) -> torch.nn.Module:
+        # DSAC-T's distributional twin, in place of the base's TwinQ
+        cfg = self.cfg
+        return DistributionalTwinQ(self.obs_dim, self.act_dim, cfg.hidden, cfg.critic_layers or cfg.layers,
+                                   activation=cfg.critic_activation).to(self.device)
 
     # -- the chain
     def add_noise(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -23,10 +23,14 @@ temporal weight w(t) that is exponential in t. Every choice the record leaves op
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from ..diffusion import q_sample, sample_chain
-from .dacer import DACER
+from ..settings import Config, Need
+from .dacer import DACER, DACERSettings
 
 
 def temporal_weight(t: torch.Tensor, slope: float, bias: float) -> torch.Tensor:
@@ -46,7 +50,31 @@ def q_field_loss(eps_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((eps_pred - target.detach()) ** 2).sum(-1).mean()
 
 
+DACER2_SIGNS = ("descent", "ascent")
+DACER2_GRAD_AT = ("chain", "forward")
+
+
+@dataclass
+class DACER2Settings(DACERSettings):
+    dacer2_eta: float = 0.05  # weight η of the Q-gradient-field loss
+    dacer2_w_slope: float = 0.4  # w(t) = exp(dacer2_w_slope·t + dacer2_w_bias), t = 1..T the paper's step
+    dacer2_w_bias: float = -1.8
+    dacer2_sign: str = "descent"  # descent: ε* = −w(t)·∇Q/‖∇Q‖ (the score is −ε/√(1−ᾱ)); ascent: +w(t)·∇Q/‖∇Q‖
+    dacer2_grad_at: str = "chain"  # chain: ∇Q at the on-chain a_t; forward: at a_t = forward-noised final action
+
+    presets = {"small": dict(schedule="vp", diffusion_steps=5)}  # DACER's, with its own five steps
+
+    @staticmethod
+    def check(cfg: Config, need: Need) -> None:
+        for name, choices in (("dacer2_sign", DACER2_SIGNS), ("dacer2_grad_at", DACER2_GRAD_AT)):
+            v = getattr(cfg, name)
+            need(v in choices, f"unknown {name.replace('_', '-')} {v!r}; choose one of {', '.join(choices)}")
+        need(math.isfinite(cfg.dacer2_eta) and cfg.dacer2_eta >= 0, f"dacer2-eta must be >= 0, got {cfg.dacer2_eta}")
+        need(math.isfinite(cfg.dacer2_w_slope) and math.isfinite(cfg.dacer2_w_bias), "dacer2-w-* must be finite")
+
+
 class DACER2(DACER):
+    Settings = DACER2Settings
     algo = "dacer2"
 
     def policy_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

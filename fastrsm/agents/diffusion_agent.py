@@ -6,16 +6,38 @@ at s' for the bootstrap are also the a_0 (DPMD) or the anchor of h_t (SDAC) of t
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 
 from ..backend import Ops
-from ..config import Config
 from ..diffusion import X_T_SCALE, DiffusionPolicy, randn
 from ..losses import alpha_loss, noise_entropy
 from ..replay import Batch
+from ..settings import AlgoSettings, Config, Need
 from .base import Agent, frozen_copy, gradient_step, linear_decay, log_alpha_param, make_adam, polyak, set_lr
+
+
+@dataclass
+class DiffusionSettings(AlgoSettings):
+    """What DPMD and SDAC share: the temperature's start and rate, the exploration noise, the particle counts."""
+
+    alpha_init: float = 5.0
+    lr_alpha: float = 7e-3
+    explore_std: float = 0.1  # exploration noise std is explore_std * alpha
+    train_particles: int = 0  # N of the exploring action during training; 0 = `particles` (FlowRL: 1)
+    target_particles: int = 0  # N of the bootstrap's a' (also DPMD's a_0 / SDAC's anchor); 0 = `particles`
+
+    @staticmethod
+    def check(cfg: Config, need: Need) -> None:
+        for name in ("alpha_init", "lr_alpha"):
+            v = getattr(cfg, name)
+            need(math.isfinite(v) and v > 0, f"{name.replace('_', '-')} must be a positive number, got {v}")
+        need(cfg.explore_std >= 0, f"explore-std must be >= 0, got {cfg.explore_std}")
+        for name in ("train_particles", "target_particles"):
+            need(getattr(cfg, name) >= 0, f"{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
 
 
 class NextActions(NamedTuple):
@@ -27,6 +49,7 @@ class NextActions(NamedTuple):
 
 
 class DiffusionAgent(Agent):
+    Settings = DiffusionSettings
     # x_T ~ 0.5·N(0, I), as the DPMD/SDAC authors' published code draws it
     x_T_scale = X_T_SCALE
 
@@ -61,6 +84,9 @@ class DiffusionAgent(Agent):
         return NextActions(action, cand, q)
 
     @torch.no_grad()
+    def deploy_particles(self) -> int:
+        return self.cfg.particles  # evaluation and deployment: best of N, no added noise
+
     def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         if explore:  # training: train_particles (FlowRL: one chain sample) and the exploration noise
             return self.best_of_n(self.policy_ema, obs, self.cfg.explore_std * self.alpha,

@@ -14,16 +14,51 @@ weights then compare actions that differ by the noise (0.1·α), not by the poli
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from ..backend import Ops
-from ..config import Config
 from ..diffusion import q_sample
 from ..losses import dpmd_loss, dpmd_weights, normalize_q, state_advantage
 from ..replay import Batch
-from .diffusion_agent import DiffusionAgent, NextActions
+from ..settings import Config, Need
+from .diffusion_agent import DiffusionAgent, DiffusionSettings, NextActions
+
+DPMD_WEIGHTS = ("exp", "softmax", "advantage")
+
+
+@dataclass
+class DPMDSettings(DiffusionSettings):
+    # exp = exp(clip(q_norm)/lambda); softmax = K*softmax_k(clip(q_norm)/lambda) over a state's particles;
+    # advantage = the same softmax of clip((q - mean_k q)/std_k q)/lambda (see the module docstring)
+    dpmd_weights: str = "exp"
+    # softmax/advantage only: weigh the particles with the exploration noise added (and their Q under the critic
+    # just updated) instead of the bare chain samples, so the candidates of one state differ by more than the
+    # critic's noise (bench/LEARNING.md, Hopper: the bare particles are 0.04 apart)
+    dpmd_particle_noise: bool = False
+    q_norm_rate: float = 0.001
+    q_clip: float = 3.0
+    q_norm_eps: float = 0.0  # (Q − m)/(σ + eps); FlowRL adds 1e-6
+    public_code_norm: bool = False  # reproduce the public code's `q - mean / std` precedence bug
+
+    # FlowRL (github typoverflow/flow-rl, examples/online/config/mujoco/algo/dpmd.yaml): temp 0.1, ε-network 2×256
+    presets = {"flowrl": dict(alpha_init=0.1, layers=2)}
+    help = {"public_code_norm": "reproduce the public DPMD's q - mean / std precedence bug (constant weights)"}
+
+    @staticmethod
+    def check(cfg: Config, need: Need) -> None:
+        need(cfg.dpmd_weights in DPMD_WEIGHTS,
+             f"unknown dpmd_weights {cfg.dpmd_weights!r}; choose one of {', '.join(DPMD_WEIGHTS)}")
+        need(not cfg.dpmd_particle_noise or cfg.dpmd_weights in ("softmax", "advantage"),
+             "dpmd-particle-noise weighs a state's particles: it needs dpmd-weights softmax or advantage, "
+             f"not {cfg.dpmd_weights!r}")
+        for name in ("q_norm_rate", "q_clip"):
+            v = getattr(cfg, name)
+            need(math.isfinite(v) and v > 0, f"{name.replace('_', '-')} must be a positive number, got {v}")
+        need(cfg.q_norm_eps >= 0, f"q-norm-eps must be >= 0, got {cfg.q_norm_eps}")
 
 
 class RunningMeanStd:
@@ -58,6 +93,7 @@ class DPMDReuse(NamedTuple):
 
 class DPMD(DiffusionAgent):
     algo = "dpmd"
+    Settings = DPMDSettings
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
                  seeds: int | None = None, x_T_scale: float | None = None):

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from ..backend import Ops
-from ..config import AlgoSettings, Config, Need
 from ..losses import sac_actor_loss, sac_alpha_loss, sac_target
 from ..nets import GaussianActor
+from ..settings import AlgoSettings, Config, Need
 from .base import Agent, Parts, gradient_step, log_alpha_param, make_adam
 
 
@@ -45,8 +45,8 @@ class SAC(Agent):
         self.target_entropy = -float(act_dim)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
-        return self.actor(obs, deterministic=not explore)[0]
+    def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.actor(obs, deterministic=not explore, generator=generator)[0]
 
     @torch.no_grad()
     def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, None]:

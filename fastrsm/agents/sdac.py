@@ -7,16 +7,46 @@ a_0^k ~ φ_{0|t}(·|a_t), clipped to [-1, 1] or drawn truncated to it (`sdac_rev
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from ..diffusion import q_sample
 from ..losses import sdac_reverse_samples, sdac_reverse_samples_truncated
 from ..replay import Batch
-from .diffusion_agent import DiffusionAgent, NextActions
+from ..settings import Config, Need
+from .diffusion_agent import DiffusionAgent, DiffusionSettings, NextActions
+
+SDAC_ANCHORS = ("policy", "replay")
+SDAC_REVERSE = ("clip", "truncnorm")
+
+
+@dataclass
+class SDACSettings(DiffusionSettings):
+    reverse_samples: int = 64  # K, the samples of phi_{0|t}
+    sdac_q_scale: float = 5.0  # SDAC logits are sdac_q_scale * q / alpha
+    sdac_anchor: str = "policy"  # h_t: the policy's action at s' noised (policy) or the replay action at s (replay)
+    sdac_reverse: str = "clip"  # reverse samples a_0^k clipped to [-1, 1] (clip) or from a truncated normal
+
+    # FlowRL (github typoverflow/flow-rl, examples/online/config/mujoco/algo/sdac.yaml): temp 0.05 (per task
+    # 0.01–0.2 in scripts/mujoco/sdac.sh), K = 500 from a truncated normal around the replay action
+    presets = {"flowrl": dict(alpha_init=0.05, sdac_q_scale=1.0, layers=3, reverse_samples=500, sdac_anchor="replay",
+                              sdac_reverse="truncnorm")}
+
+    @staticmethod
+    def check(cfg: Config, need: Need) -> None:
+        need(cfg.reverse_samples > 0, f"reverse-samples must be a positive integer, got {cfg.reverse_samples}")
+        need(math.isfinite(cfg.sdac_q_scale) and cfg.sdac_q_scale > 0,
+             f"sdac-q-scale must be a positive number, got {cfg.sdac_q_scale}")
+        for name, allowed in (("sdac_anchor", SDAC_ANCHORS), ("sdac_reverse", SDAC_REVERSE)):
+            need(getattr(cfg, name) in allowed,
+                 f"unknown {name.replace('_', '-')} {getattr(cfg, name)!r}; choose one of {', '.join(allowed)}")
 
 
 class SDAC(DiffusionAgent):
     algo = "sdac"
+    Settings = SDACSettings
 
     def policy_loss(self, batch: Batch, drawn: NextActions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sched, K, cfg = self.policy.sched, self.cfg.reverse_samples, self.cfg
