@@ -1,5 +1,5 @@
 """Train the authors' public DPMD (github mahaitongdae/diffusion_policy_online_rl, package `relax`) on a
-gymnasium task (default Pendulum-v1 at fastrsm's `smoke` sizes), for the side-by-side runs of issues 11 and 17.
+gymnasium task (default Pendulum-v1 at fastrsm's `smoke` sizes), for the side-by-side runs against fastrsm.
 
 Nothing of the authors' code is copied here: their package is imported from a checkout given with
 `--authors` (never committed to fastrsm). The network and the algorithm are built as their

@@ -1,4 +1,4 @@
-"""Many seeds in one process (issue 12): aggregate env-steps/s of S seeds as one batched agent
+"""Many seeds in one process: aggregate env-steps/s of S seeds as one batched agent
 (`fastrsm-train --seeds`) against S single-seed runs doing the same work. A script, not a pytest benchmark:
 
     python bench/bench_seeds.py [--env Hopper-v4] [--algo dpmd] [--seeds 4] [--steps 600] [--rounds 3]

@@ -1,4 +1,4 @@
-"""What Ray costs a sweep on this CPU (issue 16). A script, not a pytest benchmark:
+"""What Ray costs a sweep on this CPU. A script, not a pytest benchmark:
 
     python bench/bench_sweep.py [--trials 4] [--total-steps 2000] [--num-cpus 2] [--json bench/sweep.json]
 

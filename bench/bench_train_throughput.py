@@ -1,4 +1,4 @@
-"""Training throughput on CPU (issue 3): env-steps/s of fastrsm's SAC against stable-baselines3's SAC on Ant-v4,
+"""Training throughput on CPU: env-steps/s of fastrsm's SAC against stable-baselines3's SAC on Ant-v4,
 with the same network sizes (256 x 3 for actor and both critics), batch 256 and one gradient update per env step,
 plus fastrsm's DPMD and SDAC with the smoke preset. A script, not a pytest benchmark:
 

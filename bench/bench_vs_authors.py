@@ -1,4 +1,4 @@
-"""fastrsm against the authors' own JAX code on this CPU (issue 13): acting on 1 and 5 observations and one DPMD
+"""fastrsm against the authors' own JAX code on this CPU: acting on 1 and 5 observations and one DPMD
 update, at the smoke and the paper sizes, both libraries in one process, interleaved rounds, medians.
 
 Optional and never in CI. It needs a checkout of the authors' repository (github

@@ -59,7 +59,7 @@ OK, FAILED, TIMEOUT, PARTIAL, SKIPPED, NA = "ok", "failed", "timeout", "partial"
 
 ENVPOOL_NOTE = ("EnvPool is not carried to the GPU machine (its wheel alone is 64 MiB): every part runs "
                 "gymnasium's vector envs (env_backend=gymnasium), so env-steps/s are gymnasium's, not EnvPool's.")
-# What issue 14 asks for that this suite does not measure (yet): stated in the summary, not silently absent.
+# What the GPU targets ask for that this suite does not measure (yet): stated in the summary, not silently absent.
 NOT_MEASURED = [
     "Nsight Compute (ncu) profiles of the kernels (achieved FLOP/s, DRAM bandwidth): run by hand, see GPU_SUITE.md",
     "NVTX-ranged phases of one training step timed by CUDA events",
@@ -417,7 +417,7 @@ def figures(part: str, c: Ctx, steps: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def targets(parts: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 14's targets against what was measured (None where it was not)."""
+    """The GPU targets against what was measured (None where it was not)."""
     out = []
 
     def add(what: str, value: float | None, goal: str, met: bool | None) -> None:
@@ -530,7 +530,7 @@ def render_markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {name} | {p.get('mode')} | **{p['status']}** | {_f(p.get('wall_s'), '.1f')} | "
                          f"{_f(p.get('limit_s'), '.0f')} | {p.get('note', '')} |")
     if res.get("targets"):
-        lines += ["", "## Targets (issue 14)", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+        lines += ["", "## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
         for t in res["targets"]:
             met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
             lines.append(f"| {t['target']} | {t['goal']} | {_f(t['measured'], '.4g')} | {met} |")

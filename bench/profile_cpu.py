@@ -1,4 +1,4 @@
-"""Where a CPU spends a DPMD update and an act: torch.profiler's self-CPU time by op (issue 13).
+"""Where a CPU spends a DPMD update and an act: torch.profiler's self-CPU time by op.
 
     python bench/profile_cpu.py [--preset smoke] [--calls 50] [--top 10] [--compiled]
 

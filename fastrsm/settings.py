@@ -236,7 +236,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # α (and with it the exploration noise 0.1·α) keeps the authors' schedule: α₀ = 5, lr 7e-3, a step every
         # 250 gradient updates. A faster anneal (α₀ 3, lr 3e-2 every 20 updates, this preset until 2026-11-29)
         # shrank the noise to 0.1 within ~1k updates, and DPMD, which trains on its own best-of-N picks, then
-        # learned 2-3x slower than the authors' DPMD (bench/ISSUE11_BISECT.md).
+        # learned 2-3x slower than the authors' DPMD (bench/DPMD_PENDULUM_BISECT.md).
         reward_scale=1.0, q_norm_rate=0.02, torch_threads=1,
         # a short run needs fast target propagation: a larger Polyak rate and learning rates
         tau=0.02, lr_q=1e-3, lr_policy=1e-3,

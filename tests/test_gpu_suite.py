@@ -1,4 +1,4 @@
-"""bench/gpu_suite.py proves itself on the CPU (issue 14): its dry run writes the JSON and markdown summary with
+"""bench/gpu_suite.py proves itself on the CPU: its dry run writes the JSON and markdown summary with
 every part's status, a part that fails is recorded while the rest still run, `--only` merges into the folder,
 and the figures are read right from files shaped like the GPU run's."""
 

@@ -1,4 +1,4 @@
-"""The structure the code promises (issue: one loop, one schedule, kernels that stand alone): checked on the
+"""The structure the code promises (one loop, one schedule, kernels that stand alone): checked on the
 source itself and on tiny real runs."""
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ class DACER(Agent):
         # ∂Q/∂a flows back into the chain, and backward stops at the policy's weights (the critic's get no
         # gradient). Not by switching off the critic's requires_grad: traced into one graph (torch.compile with
         # the backward traced, fastrsm.compiled) that toggling left the policy with no gradient at all, so its
-        # weights did not move (measured on DACER2, session 8); backward(inputs=...) traces as eager runs.
+        # weights did not move (measured on DACER2, 2026-12-02, c6ef060); backward(inputs=...) traces as eager runs.
         gradient_step(self.opt_pi, loss, inputs=list(self.policy.parameters()))
         return {"loss_pi": loss.detach(), **metrics}
 
