@@ -1,6 +1,6 @@
 """Wall-clock per gradient update of every algorithm at one preset, measured side by side in one process.
 
-    python bench/bench_algos.py --env InvertedDoublePendulum-v4 --preset small [--algos dpmd,sdac,sac,dacer,dacer2]
+    python bench/bench_algos.py --env InvertedDoublePendulum-v4 --preset small [--algos dpmd,sdac,sac,td3]
                                 [--updates 40] [--rounds 5] [--device cpu] [--json out.json]
 
 Each algorithm gets an agent on the same replay contents (random rows); the rounds time `--updates` updates of
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from fastrsm.agents import make_agent
+from fastrsm.agents import AGENTS, make_agent
 from fastrsm.backend import make_ops, resolve_backend
 from fastrsm.bench import fill_random, sync
 from fastrsm.config import make_config
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--env", default="InvertedDoublePendulum-v4")
     p.add_argument("--preset", default="small")
-    p.add_argument("--algos", default="dpmd,sdac,sac,dacer,dacer2")
+    p.add_argument("--algos", default=",".join(AGENTS), help="comma-separated (default: every algorithm)")
     p.add_argument("--updates", type=int, default=40, help="timed updates per algorithm per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--device", default="cpu")

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import loop
-from .agents import check_algo, make_agent
+from .agents import AGENTS, check_algo, make_agent
 from .backend import BackendError, make_ops
 from .cli import OneLineParser, parse_set, run_main
 from .compiled import CompiledLearner
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "graphs, triton), in one run on one machine.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--env", default="Ant-v4", help="environment id (its observation and action sizes are used)")
-    p.add_argument("--algo", default="dpmd", help="dpmd, sdac or sac")
+    p.add_argument("--algo", default="dpmd", help=", ".join(AGENTS))
     p.add_argument("--preset", default="paper", help="paper (docs/algorithms.md §7) or smoke (tiny, CPU-friendly)")
     p.add_argument("--updates", type=int, default=200, help="timed updates")
     p.add_argument("--warmup-updates", type=int, default=10, help="untimed updates first (after any capture)")

@@ -72,15 +72,16 @@ class Mish(nn.Module):
         return mish(x)
 
 
-def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, seeds: int | None = None) -> nn.Sequential:
-    """Mish MLP; with `seeds`, S independent copies as SeedLinear layers (input [S, ..., in_dim])."""
+def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, seeds: int | None = None,
+        activation: str = "mish") -> nn.Sequential:
+    """Mish (or ReLU) MLP; with `seeds`, S independent copies as SeedLinear layers (input [S, ..., in_dim])."""
     def linear(i: int, o: int) -> nn.Module:
         return nn.Linear(i, o) if seeds is None else SeedLinear(seeds, i, o)
 
     mods: list[nn.Module] = []
     d = in_dim
     for _ in range(layers):
-        mods += [linear(d, hidden), Mish()]
+        mods += [linear(d, hidden), Mish() if activation == "mish" else nn.ReLU()]
         d = hidden
     mods.append(linear(d, out_dim))
     return nn.Sequential(*mods)
@@ -237,6 +238,18 @@ class GaussianActor(nn.Module):
         logp = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         logp = logp - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
         return a, logp
+
+
+class DeterministicActor(nn.Module):
+    """TD3's policy: a = tanh(MLP(s)) on [-1, 1]^A."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, seeds: int | None = None,
+                 activation: str = "relu"):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, layers, act_dim, seeds, activation)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(s))
 
 
 class DistributionalTwinQ(TwinQ):

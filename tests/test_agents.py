@@ -30,7 +30,7 @@ def _setup(algo: str, backend: str, **over):
     return agent, rb
 
 
-@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac"])
+@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac", "td3"])
 def test_update_moves_every_network(algo):
     agent, rb = _setup(algo, "torch")
     before = {k: v.clone() for k, v in agent.state_dict().items()}
@@ -39,11 +39,11 @@ def test_update_moves_every_network(algo):
         m.update(Learner(agent).update(rb))
     after = agent.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    policy = "actor" if algo == "sac" else "policy."
+    policy = "actor." if algo in ("sac", "td3") else "policy."
     assert any(k.startswith("critic.") for k in changed)
     assert any(k.startswith("critic_target.") for k in changed)
     assert any(k.startswith(policy) for k in changed)
-    assert "log_alpha" in changed
+    assert "log_alpha" in changed or not hasattr(agent, "log_alpha")  # TD3 has no temperature
     assert all(torch.isfinite(v).all() for v in m.values())
     assert {"loss_q", "loss_pi"} <= m.keys()
     a = agent.act(torch.randn(4, S))

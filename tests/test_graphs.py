@@ -24,7 +24,7 @@ from fastrsm.learner import Learner
 from fastrsm.replay import ReplayBuffer
 from fastrsm.utils import seed_everything
 
-ALGOS = ["dpmd", "sdac", "sac"]
+ALGOS = ["dpmd", "sdac", "sac", "td3"]
 ALL_PARTS = [("critic",), ("critic", "policy"), ("critic", "policy", "alpha")]
 S, A, E = 5, 2, 3  # obs dim, action dim, envs
 
@@ -146,7 +146,8 @@ def test_emulated_capture_matches_eager(algo):
     assert [sorted(m) for m in m_plain] == [sorted(m) for m in m_fast]
     assert m_plain == m_fast
     assert_same_state(plain, graphed)
-    expected = ALL_PARTS if algo != "sac" else [("critic",), ("critic", "policy")]  # SAC: α inside its policy step
+    # SAC: α inside its policy step; TD3: no α
+    expected = ALL_PARTS if algo not in ("sac", "td3") else [("critic",), ("critic", "policy")]
     assert sorted(fast._updates) == sorted(expected) == sorted(graphed.reachable_parts())
     assert fast.captures == len(expected)
     # Static outputs: one Parts value's metrics are the same tensors every time, refreshed in place.

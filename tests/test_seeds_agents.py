@@ -104,9 +104,10 @@ def _assert_tree_close(got, want, exact: bool = False, path: str = ""):
 
 
 CASES = [("dpmd", {}), ("dpmd", {"dpmd_weights": "softmax"}), ("dpmd", {"dpmd_weights": "advantage"}), ("sdac", {}),
-         ("sac", {})]
-# the triton backend under the interpreter (tests/conftest.py); SAC has no fused kernel
-BACKEND_CASES = [("torch", a, o) for a, o in CASES] + [("triton", a, o) for a, o in CASES if a != "sac"] + [
+         ("sac", {}), ("td3", {})]
+# the triton backend under the interpreter (tests/conftest.py); SAC and TD3 have no fused kernel
+BACKEND_CASES = [("torch", a, o) for a, o in CASES] + [
+    ("triton", a, o) for a, o in CASES if a not in ("sac", "td3")] + [
     ("torch", "dpmd", {"dpmd_weights": "advantage", "dpmd_particle_noise": True})]
 
 

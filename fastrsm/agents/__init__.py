@@ -12,8 +12,9 @@ from .dacer2 import DACER2
 from .dpmd import DPMD
 from .sac import SAC
 from .sdac import SDAC
+from .td3 import TD3
 
-AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC, DACER, DACER2)}
+AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC, DACER, DACER2, TD3)}
 for _cls in AGENTS.values():  # each algorithm's own settings become part of Config
     register_settings(_cls.Settings, _cls.algo)
 
@@ -37,4 +38,4 @@ def make_agent(algo: str, obs_dim: int, act_dim: int, cfg: Config, device: torch
     return AGENTS[algo](obs_dim, act_dim, cfg, device, ops, seeds=seeds)
 
 
-__all__ = ["AGENTS", "Agent", "DACER", "DACER2", "DPMD", "Parts", "SAC", "SDAC", "check_algo", "make_agent"]
+__all__ = ["AGENTS", "Agent", "DACER", "DACER2", "DPMD", "Parts", "SAC", "SDAC", "TD3", "check_algo", "make_agent"]
