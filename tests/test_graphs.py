@@ -24,7 +24,7 @@ from fastrsm.learner import Learner
 from fastrsm.replay import ReplayBuffer
 from fastrsm.utils import seed_everything
 
-ALGOS = ["dpmd", "sdac", "sac", "td3"]
+ALGOS = ["dpmd", "sdac", "sac", "td3", "qsm"]
 ALL_PARTS = [("critic",), ("critic", "policy"), ("critic", "policy", "alpha")]
 S, A, E = 5, 2, 3  # obs dim, action dim, envs
 
@@ -146,13 +146,19 @@ def test_emulated_capture_matches_eager(algo):
     assert [sorted(m) for m in m_plain] == [sorted(m) for m in m_fast]
     assert m_plain == m_fast
     assert_same_state(plain, graphed)
-    # SAC: α inside its policy step; TD3: no α
-    expected = ALL_PARTS if algo not in ("sac", "td3") else [("critic",), ("critic", "policy")]
+    # SAC: α inside its policy step; TD3: no α; QSM: the policy on every update
+    expected = {"sac": [("critic",), ("critic", "policy")], "td3": [("critic",), ("critic", "policy")],
+                "qsm": [("critic", "policy")]}.get(algo, ALL_PARTS)
     assert sorted(fast._updates) == sorted(expected) == sorted(graphed.reachable_parts())
     assert fast.captures == len(expected)
     # Static outputs: one Parts value's metrics are the same tensors every time, refreshed in place.
-    m = [fast.update(rb) for _ in range(4)]  # parts: +policy, critic, +policy+alpha, critic
-    assert m[1]["loss_q"] is m[3]["loss_q"] and m[0]["loss_q"] is not m[1]["loss_q"]
+    parts, m = [], []
+    for _ in range(4):
+        parts.append(graphed.next_parts())
+        m.append(fast.update(rb))
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert (m[i]["loss_q"] is m[j]["loss_q"]) == (parts[i] == parts[j]), (parts[i], parts[j])
 
 
 @pytest.mark.parametrize("algo", ALGOS)

@@ -104,10 +104,10 @@ def _assert_tree_close(got, want, exact: bool = False, path: str = ""):
 
 
 CASES = [("dpmd", {}), ("dpmd", {"dpmd_weights": "softmax"}), ("dpmd", {"dpmd_weights": "advantage"}), ("sdac", {}),
-         ("sac", {}), ("td3", {})]
+         ("sac", {}), ("td3", {}), ("qsm", {})]
 # the triton backend under the interpreter (tests/conftest.py); SAC and TD3 have no fused kernel
 BACKEND_CASES = [("torch", a, o) for a, o in CASES] + [
-    ("triton", a, o) for a, o in CASES if a not in ("sac", "td3")] + [
+    ("triton", a, o) for a, o in CASES if a not in ("sac", "td3", "qsm")] + [
     ("torch", "dpmd", {"dpmd_weights": "advantage", "dpmd_particle_noise": True})]
 
 

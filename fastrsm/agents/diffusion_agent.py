@@ -48,6 +48,24 @@ class NextActions(NamedTuple):
     q_particles: torch.Tensor  # [B, N] their min(Q1, Q2) under the online critic
 
 
+@torch.no_grad()
+def best_of_n(agent: Agent, policy: DiffusionPolicy, obs: torch.Tensor, noise_std: torch.Tensor | float,
+              particles: int, generator: torch.Generator | None = None) -> NextActions:
+    """Draw N = `particles` chain samples per state from `policy`, score them with the agent's min(Q1, Q2), keep
+    the argmax (plus noise_std·N(0, I)); every draw from `generator` (None: torch's global generator)."""
+    N = particles
+    cand = agent.ops.sample(policy.eps_net, policy.sched, obs, N, x_T_scale=policy.x_T_scale, generator=generator)
+    q = agent.critic.min_q(obs.unsqueeze(-2).expand(*obs.shape[:-1], N, obs.shape[-1]), cand)
+    noise = randn(*obs.shape[:-1], agent.act_dim, device=obs.device, generator=generator)
+    if agent.seeds is None:
+        action, _ = agent.ops.best_of_n(q, cand, noise, noise_std)
+    else:  # selection is row-wise: the seed axis folds into the rows, each seed's noise scaled by its own std
+        noise = agent.per_seed(noise_std, noise) * noise
+        action, _ = agent.ops.best_of_n(q.flatten(0, 1), cand.flatten(0, 1), noise.flatten(0, 1), 1.0)
+        action = action.view(noise.shape)
+    return NextActions(action, cand, q)
+
+
 class DiffusionAgent(Agent):
     Settings = DiffusionSettings
     # x_T ~ 0.5·N(0, I), as the DPMD/SDAC authors' published code draws it
@@ -66,27 +84,15 @@ class DiffusionAgent(Agent):
         self.opt_alpha = make_adam([self.log_alpha], cfg.lr_alpha, device, self.compiled)
         self.target_entropy = cfg.target_entropy_per_dim * act_dim
 
-    @torch.no_grad()
     def best_of_n(self, policy: DiffusionPolicy, obs: torch.Tensor, noise_std: torch.Tensor | float,
                   particles: int = 0, generator: torch.Generator | None = None) -> NextActions:
-        """Draw N particles per state (`particles`, or the run's N), score them with min(Q1, Q2), keep the argmax
-        (plus noise_std·N(0, I)); every draw from `generator` (None: torch's global generator)."""
-        N = particles or self.cfg.particles
-        cand = self.ops.sample(policy.eps_net, policy.sched, obs, N, x_T_scale=policy.x_T_scale, generator=generator)
-        q = self.critic.min_q(obs.unsqueeze(-2).expand(*obs.shape[:-1], N, obs.shape[-1]), cand)
-        noise = randn(*obs.shape[:-1], self.act_dim, device=obs.device, generator=generator)
-        if self.seeds is None:
-            action, _ = self.ops.best_of_n(q, cand, noise, noise_std)
-        else:  # selection is row-wise: the seed axis folds into the rows, each seed's noise scaled by its own std
-            noise = self.per_seed(noise_std, noise) * noise
-            action, _ = self.ops.best_of_n(q.flatten(0, 1), cand.flatten(0, 1), noise.flatten(0, 1), 1.0)
-            action = action.view(noise.shape)
-        return NextActions(action, cand, q)
+        """`best_of_n` with this agent's critic, N = `particles` or the run's N."""
+        return best_of_n(self, policy, obs, noise_std, particles or self.cfg.particles, generator)
 
-    @torch.no_grad()
     def deploy_particles(self) -> int:
         return self.cfg.particles  # evaluation and deployment: best of N, no added noise
 
+    @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         if explore:  # training: train_particles (FlowRL: one chain sample) and the exploration noise
             return self.best_of_n(self.policy_ema, obs, self.cfg.explore_std * self.alpha,
