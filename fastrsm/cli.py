@@ -31,6 +31,7 @@ from .config import (
     field_names,
     load_config_file,
     make_config,
+    unused_settings,
 )
 from .envs import EnvIdError, env_dims
 from .lock import LOCK_FILE, RunDirLock, acquire_run_dir, check_not_in_use
@@ -82,7 +83,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="fastrsm-train", description="Train DPMD / SDAC / SAC online on a gymnasium task.")
     p.add_argument("--env", default=None, help="environment id, e.g. Ant-v4, HalfCheetah-v5, Pendulum-v1 "
                                                "(default Ant-v4)")
-    p.add_argument("--algo", default=None, help=f"{', '.join(AGENTS)} (default dpmd)")
+    p.add_argument("--algo", default=None, help="(default dpmd) " + "; ".join(f"{a}: {cls.about}"
+                                                                             for a, cls in AGENTS.items()))
     p.add_argument("--seed", default=None, help="random seed (default 0)")
     p.add_argument("--seeds", default=None, metavar="LIST", help="train several independent seeds in one process, "
                    "e.g. 0-4 or 0,3,7 (one run directory per seed under a group directory; not with --seed)")
@@ -210,6 +212,7 @@ class TrainPlan:
     seeds: list[int] | None = None  # --seeds: a group of seeds in one process; None: a single run
     ckpts: list[dict] | None = None  # resuming: one loaded checkpoint per seed (already checked)
     changed: dict[str, tuple[Any, Any]] | None = None  # resuming: settings changed, old and new value
+    unused: list[str] | None = None  # settings given that are another algorithm's (recorded, not read)
     lock: RunDirLock | None = None  # the run directory's writer lock, held until the run ends
 
 
@@ -265,7 +268,8 @@ def prepare_train(argv: Sequence[str] | None) -> TrainPlan:
         check_not_in_use(run_dir)  # a live trainer's directory is "in use", not merely "not empty"
         check_new_run_dir(run_dir)
     check_run(cfg)
-    return TrainPlan(cfg, run_dir, not args.quiet, ckpts=ckpts, changed=changed, lock=acquire_run_dir(run_dir))
+    return TrainPlan(cfg, run_dir, not args.quiet, ckpts=ckpts, changed=changed, lock=acquire_run_dir(run_dir),
+                     unused=None if args.resume else _unused(cfg, overrides))
 
 
 def _prepare_group(args: argparse.Namespace, overrides: dict[str, Any]) -> TrainPlan:
@@ -303,7 +307,18 @@ def _prepare_group(args: argparse.Namespace, overrides: dict[str, Any]) -> Train
     check_run(cfg, seeds=len(seeds))
     # the seeds' run directories too: `--resume GROUP/seed_<s>` alone must not write beside the group
     lock = acquire_run_dir(group_dir, [os.path.join(group_dir, f"seed_{s}") for s in seeds])
-    return TrainPlan(cfg, group_dir, not args.quiet, seeds=seeds, ckpts=ckpts, changed=changed, lock=lock)
+    return TrainPlan(cfg, group_dir, not args.quiet, seeds=seeds, ckpts=ckpts, changed=changed, lock=lock,
+                     unused=None if args.resume else _unused(cfg, overrides))
+
+
+def _unused(cfg: Config, overrides: dict[str, Any]) -> list[str]:
+    """The given settings `cfg.algo` does not read, with one line saying so."""
+    unused = unused_settings(cfg.algo, overrides)
+    if unused:
+        names = ", ".join(n.replace("_", "-") for n in unused)
+        print(f"fastrsm-train: note: {cfg.algo} does not use {names} (another algorithm's; recorded in config.json "
+              "as unused_settings)", file=sys.stderr)
+    return unused
 
 
 def check_run(cfg: Config, seeds: int = 1) -> tuple[int, int]:

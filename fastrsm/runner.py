@@ -241,11 +241,12 @@ def _record_resume(path: str, config: dict, record: dict) -> None:
 
 def run(cfg: Config, run_dir: str, seeds: list[int] | None = None, ckpts: list[dict] | None = None,
         argv: list[str] | None = None, progress: bool = True, changed: dict[str, tuple[Any, Any]] | None = None,
-        wrap_replay: Callable[[Any], Any] | None = None) -> int:
+        wrap_replay: Callable[[Any], Any] | None = None, unused: list[str] | None = None) -> int:
     """Train `cfg` (one seed, or `seeds` in one process under the group directory `run_dir`) and return the exit
     code. With `ckpts` (one loaded checkpoint per seed), continue from them; `changed` (the settings the resume
     changed, old and new) goes into config.json's record of resumes. `wrap_replay` lets a test stand
-    between the loop and the replay buffer (e.g. to feed a NaN); the library itself never uses it."""
+    between the loop and the replay buffer (e.g. to feed a NaN); the library itself never uses it. `unused`: settings
+given that the algorithm does not read, recorded in config.json."""
     sd = Seeds(cfg, run_dir, seeds)
     resume = ckpts is not None
     device = resolve_device(cfg.device)
@@ -283,7 +284,8 @@ def run(cfg: Config, run_dir: str, seeds: list[int] | None = None, ckpts: list[d
     else:
         os.makedirs(run_dir, exist_ok=True)
         for log, c in zip(sd.logs, sd.cfgs):
-            log.create({**c.to_dict(), "backend_resolved": backend, **extra}, device, argv,
+            log.create({**c.to_dict(), "backend_resolved": backend, **extra,
+                        **({"unused_settings": unused} if unused else {})}, device, argv,
                        env=envs.blocks[0].describe())
         if sd.group:
             atomic_write_json(os.path.join(run_dir, GROUP_FILE), {"seeds": sd.seeds, "config": cfg.to_dict(),

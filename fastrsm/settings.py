@@ -27,7 +27,7 @@ from .envs import ENV_BACKENDS
 from .utils import DEVICES
 
 __all__ = ["PRESETS", "AlgoSettings", "Config", "ConfigError", "apply_overrides", "field_help", "field_names",
-           "load_config_file", "make_config", "preset_for_algo"]  # what fastrsm.config gives its users
+           "load_config_file", "make_config", "preset_for_algo", "unused_settings"]  # what fastrsm.config gives
 
 CRITIC_ACTIVATIONS = ("mish", "relu")
 
@@ -369,6 +369,15 @@ def make_config(preset: str = "paper", overrides: dict[str, Any] | None = None) 
     cfg = apply_overrides(cfg, preset_for_algo(preset, algo))
     cfg = apply_overrides(cfg, overrides or {})
     return cfg.validate()
+
+
+def unused_settings(algo: str, names: Any) -> list[str]:
+    """Of `names` (settings a user gave), those that are other algorithms' own and not `algo`'s: accepted, and
+    recorded as unused (config.json's `unused_settings`), so that one command line can serve several algorithms
+    (a sweep's or a campaign's `--set`) and a reader still sees what the run ignored."""
+    own = _ALGO_BY_NAME.get(algo)
+    own_fields = {f.name for f in dataclasses.fields(own)} if own is not None else set()
+    return sorted(n for n in names if n in _ALGO_FIELDS and n not in own_fields)
 
 
 def preset_for_algo(preset: str, algo: str) -> dict[str, Any]:

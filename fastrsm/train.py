@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None, wrap_replay: Callable[[Any], Any] | None
     try:
         return run(plan.cfg, plan.run_dir, seeds=plan.seeds, ckpts=plan.ckpts,
                    argv=sys.argv if argv is None else ["fastrsm-train", *argv], progress=plan.progress,
-                   changed=plan.changed, wrap_replay=wrap_replay)
+                   changed=plan.changed, wrap_replay=wrap_replay, unused=plan.unused)
     finally:
         if plan.lock is not None:
             plan.lock.release()

@@ -77,7 +77,7 @@ def test_bootstrap_is_one_chain_sample_at_s2_under_the_target_critics():
 
 
 def test_acting_one_noisy_sample_exploring_best_of_n_evaluating():
-    agent = _agent(qsm_particles=7, qsm_explore_noise=0.3)
+    agent = _agent(particles=7, qsm_explore_noise=0.3)
     obs = torch.randn(5, S)
     gen = lambda: torch.Generator().manual_seed(2)  # noqa: E731
     a = agent.act(obs, explore=True, generator=gen())
@@ -92,7 +92,7 @@ def test_acting_one_noisy_sample_exploring_best_of_n_evaluating():
     assert agent.deploy_particles() == 7
 
 
-@pytest.mark.parametrize("over, needle", [({"qsm_temp": 0}, "qsm-temp"), ({"qsm_particles": 0}, "qsm-particles"),
+@pytest.mark.parametrize("over, needle", [({"qsm_temp": 0}, "qsm-temp"),
                                           ({"qsm_explore_noise": -1}, "qsm-explore-noise")])
 def test_bad_settings_are_refused(over, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -149,3 +149,14 @@ def test_one_list_of_algorithms(name):
     check_algo(name)
     with pytest.raises(ConfigError, match="choose one of dpmd, sdac, sac"):
         check_algo("ppo")
+
+
+def test_every_algorithm_says_what_it_is_and_where_it_comes_from(capsys):
+    from fastrsm.agents import AGENTS
+    from fastrsm.train import main as train_main
+
+    assert train_main(["--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    for name, cls in AGENTS.items():
+        assert cls.about and "arXiv" in cls.about, name
+        assert f"{name}: {' '.join(cls.about.split())}" in help_text, name

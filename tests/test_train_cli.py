@@ -103,11 +103,15 @@ def test_config_file_unknown_key(tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
-@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac"])
+@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac", "td3", "qsm"])
 def test_tiny_run_leaves_complete_run_dir(tmp_path, capsys, algo):
     run = tmp_path / "run"
-    code, _ = _run([*TINY, "--algo", algo, "--run-dir", str(run)], capsys)
+    code, err = _run([*TINY, "--algo", algo, "--run-dir", str(run)], capsys)
     assert code == 0
+    # TINY gives --reverse-samples, SDAC's own setting: any other algorithm records it as unused, with one line
+    unused = json.loads((run / "config.json").read_text())["config"].get("unused_settings", [])
+    assert ("reverse_samples" in unused) == (algo != "sdac")
+    assert ("does not use reverse-samples" in err) == (algo != "sdac")
     for f in ("config.json", "train.csv", "eval.csv", "summary.json", "checkpoints/latest.pt", "checkpoints/best.pt"):
         assert (run / f).is_file(), f
     cfg = json.loads((run / "config.json").read_text())
@@ -131,7 +135,7 @@ def test_tiny_run_leaves_complete_run_dir(tmp_path, capsys, algo):
     again = fastrsm.evaluate_policy(str(run), episodes=2)
     assert again["returns"] == pytest.approx(re["returns"]) and again["algo"] == algo
     alone = fastrsm.evaluate_policy(str(run), episodes=2, particles=1)
-    assert alone["particles"] == (None if algo == "sac" else 1)
+    assert alone["particles"] == (None if algo in ("sac", "td3") else 1)
     with pytest.raises(fastrsm.utils.UsageError):
         fastrsm.evaluate_policy(str(run), episodes=0)
 

@@ -22,7 +22,8 @@ for _cls in AGENTS.values():  # each algorithm's own settings become part of Con
 
 def check_algo(algo: str, seeds: int | None = None) -> None:
     if algo not in AGENTS:
-        raise ConfigError(f"unknown algo {algo!r}; choose one of {', '.join(AGENTS)}")
+        raise ConfigError(f"unknown algo {algo!r}; choose one of {', '.join(AGENTS)} (fastrsm-train --help says "
+                          "what each is and where it comes from)")
     if seeds is not None and not AGENTS[algo].supports_seeds:
         multi = ", ".join(a for a, cls in AGENTS.items() if cls.supports_seeds)
         raise ConfigError(f"--algo {algo} has no multi-seed path yet (--seeds works with {multi}); run its seeds "

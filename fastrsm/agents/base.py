@@ -174,6 +174,7 @@ class Agent(nn.Module):
     """Base: twin critics, their targets, counters and checkpointing. Subclasses add the policy."""
 
     algo = "base"
+    about = ""  # one line: what the algorithm is and its source (--help, the unknown-algo error, README)
     Settings: type[AlgoSettings] = AlgoSettings  # the algorithm's own settings (fastrsm.config), none here
     supports_seeds = True  # the seed axis of fastrsm.seeds (every parameter, statistic and input stacked over S)
     # fastrsm.compiled traces `backward()` into the update's graph (one graph per update); an agent whose update

@@ -79,6 +79,7 @@ class DACERSettings(AlgoSettings):
 
 class DACER(Agent):
     algo = "dacer"
+    about = "diffusion actor-critic, gradient through the chain (Wang et al., NeurIPS 2024, arXiv 2405.15177)"
     Settings = DACERSettings
     supports_seeds = False  # its distributional critic and GMM entropy fit have no seed axis yet
     x_T_scale = 1.0  # x_T ~ N(0, I), as DACER's p_sample (not DPMD/SDAC's 0.5·N)

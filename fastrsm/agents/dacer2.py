@@ -76,6 +76,7 @@ class DACER2Settings(DACERSettings):
 class DACER2(DACER):
     Settings = DACER2Settings
     algo = "dacer2"
+    about = "DACER with a Q-gradient-field loss and 5 steps (DACER-v2, arXiv 2505.23426)"
 
     def policy_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, T, B = self.cfg, self.policy.T, obs.shape[0]

@@ -93,6 +93,7 @@ class DPMDReuse(NamedTuple):
 
 class DPMD(DiffusionAgent):
     algo = "dpmd"
+    about = "Diffusion Policy Mirror Descent, reweighted score matching (Ma et al., ICML 2025, arXiv 2502.00361)"
     Settings = DPMDSettings
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,

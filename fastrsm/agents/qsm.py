@@ -8,8 +8,9 @@ examples/online/config/mujoco/algo/qsm.yaml at 180c29a):
 - policy, on every update: a_t = √ᾱ_t a + √(1−ᾱ_t) ε at the replay action a, t uniform; g = ∇_a mean(Q'_1, Q'_2)(s,
   a_t) from the *target* critics; target ε̂ = −√(1−ᾱ_t)·g / (temp·(mean|g| + 1e-6)), the mean over the whole
   batch; loss mean ‖ε_θ(a_t, s, t) − ε̂‖²; temp 0.1;
-- acting: exploring, one chain sample + 0.1·N(0, I); evaluating, the best of 10 samples by min(Q1, Q2) of the
-  online critics; x_T ~ N(0, I); no EMA policy; 20 steps, cosine schedule (the `paper` preset's entry).
+- acting: exploring, one chain sample + 0.1·N(0, I); evaluating, the best of 10 (`particles`) samples by
+  min(Q1, Q2) of the online critics; x_T ~ N(0, I); no EMA policy; 20 steps, cosine schedule (the `paper`
+  preset's entry).
 Differences, chosen: the exploring action is clipped to the action box (FlowRL leaves it to the env); the target
 critics take their Polyak step after the policy step, as every fastrsm agent's (FlowRL: before it)."""
 
@@ -31,9 +32,9 @@ from .diffusion_agent import best_of_n
 class QSMSettings(AlgoSettings):
     qsm_temp: float = 0.1  # the score target's temperature
     qsm_explore_noise: float = 0.1  # σ of the acting noise added to one chain sample
-    qsm_particles: int = 10  # N of the evaluation's best-of-N
+    # the evaluation's best-of-N is the common `particles` (so load_policy's particles= works alike for all)
 
-    presets = {"paper": dict(diffusion_steps=20, schedule="cosine")}
+    presets = {"paper": dict(diffusion_steps=20, schedule="cosine", particles=10)}
 
     @staticmethod
     def check(cfg: Config, need: Need) -> None:
@@ -41,7 +42,6 @@ class QSMSettings(AlgoSettings):
              f"qsm-temp must be a positive number, got {cfg.qsm_temp}")
         need(math.isfinite(cfg.qsm_explore_noise) and cfg.qsm_explore_noise >= 0,
              f"qsm-explore-noise must be >= 0, got {cfg.qsm_explore_noise}")
-        need(cfg.qsm_particles > 0, f"qsm-particles must be a positive integer, got {cfg.qsm_particles}")
 
 
 def score_target(grad_q: torch.Tensor, sqrt_1m_abar_t: torch.Tensor, temp: float, seeds: int | None = None
@@ -54,6 +54,7 @@ def score_target(grad_q: torch.Tensor, sqrt_1m_abar_t: torch.Tensor, temp: float
 
 class QSM(Agent):
     algo = "qsm"
+    about = "Q-score matching, as FlowRL runs it (Psenka et al., ICML 2024, arXiv 2312.11752)"
     Settings = QSMSettings
     x_T_scale = 1.0  # x_T ~ N(0, I), as FlowRL's sampler
 
@@ -65,12 +66,12 @@ class QSM(Agent):
         self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device, self.compiled)
 
     def deploy_particles(self) -> int:
-        return self.cfg.qsm_particles
+        return self.cfg.particles
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         if not explore:
-            return best_of_n(self, self.policy, obs, 0.0, self.cfg.qsm_particles, generator).action
+            return best_of_n(self, self.policy, obs, 0.0, self.cfg.particles, generator).action
         p = self.policy
         a = self.ops.sample(p.eps_net, p.sched, obs, 1, x_T_scale=p.x_T_scale, generator=generator).squeeze(-2)
         z = randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)

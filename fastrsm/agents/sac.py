@@ -33,6 +33,7 @@ class SACSettings(AlgoSettings):
 
 class SAC(Agent):
     algo = "sac"
+    about = "Soft Actor-Critic, the authors' relax baseline (Haarnoja et al., 2018, arXiv 1801.01290)"
     Settings = SACSettings
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,

@@ -46,6 +46,7 @@ class SDACSettings(DiffusionSettings):
 
 class SDAC(DiffusionAgent):
     algo = "sdac"
+    about = "Soft Diffusion Actor-Critic, reweighted score matching (Ma et al., ICML 2025, arXiv 2502.00361)"
     Settings = SDACSettings
 
     def policy_loss(self, batch: Batch, drawn: NextActions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

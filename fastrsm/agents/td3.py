@@ -50,6 +50,7 @@ def smoothed_target_action(actor_target_a: torch.Tensor, z: torch.Tensor, sigma:
 
 class TD3(Agent):
     algo = "td3"
+    about = "twin delayed deterministic policy gradient, as FlowRL runs it (Fujimoto et al., 2018, arXiv 1802.09477)"
     Settings = TD3Settings
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
