@@ -24,7 +24,7 @@ from fastrsm.learner import Learner
 from fastrsm.replay import ReplayBuffer
 from fastrsm.utils import seed_everything
 
-ALGOS = ["dpmd", "sdac", "sac", "td3", "qsm"]
+ALGOS = ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo"]
 ALL_PARTS = [("critic",), ("critic", "policy"), ("critic", "policy", "alpha")]
 S, A, E = 5, 2, 3  # obs dim, action dim, envs
 
@@ -148,7 +148,7 @@ def test_emulated_capture_matches_eager(algo):
     assert_same_state(plain, graphed)
     # SAC: α inside its policy step; TD3: no α; QSM: the policy on every update
     expected = {"sac": [("critic",), ("critic", "policy")], "td3": [("critic",), ("critic", "policy")],
-                "qsm": [("critic", "policy")]}.get(algo, ALL_PARTS)
+                "qsm": [("critic", "policy")], "qvpo": [("critic", "policy")]}.get(algo, ALL_PARTS)
     assert sorted(fast._updates) == sorted(expected) == sorted(graphed.reachable_parts())
     assert fast.captures == len(expected)
     # Static outputs: one Parts value's metrics are the same tensors every time, refreshed in place.

@@ -43,7 +43,7 @@ class Tape:
     """Records the random draws of single agents; replays their stack (leading seed axis) to a batched agent."""
 
     def __init__(self, monkeypatch):
-        self.real = {n: getattr(torch, n) for n in ("randn", "randn_like", "randint")}
+        self.real = {n: getattr(torch, n) for n in ("randn", "randn_like", "randint", "rand")}
         self.tapes: list[list[torch.Tensor]] = []
         self.mode = "off"
         for name in self.real:
@@ -104,10 +104,10 @@ def _assert_tree_close(got, want, exact: bool = False, path: str = ""):
 
 
 CASES = [("dpmd", {}), ("dpmd", {"dpmd_weights": "softmax"}), ("dpmd", {"dpmd_weights": "advantage"}), ("sdac", {}),
-         ("sac", {}), ("td3", {}), ("qsm", {})]
+         ("sac", {}), ("td3", {}), ("qsm", {}), ("qvpo", {})]
 # the triton backend under the interpreter (tests/conftest.py); SAC and TD3 have no fused kernel
 BACKEND_CASES = [("torch", a, o) for a, o in CASES] + [
-    ("triton", a, o) for a, o in CASES if a not in ("sac", "td3", "qsm")] + [
+    ("triton", a, o) for a, o in CASES if a not in ("sac", "td3", "qsm", "qvpo")] + [
     ("torch", "dpmd", {"dpmd_weights": "advantage", "dpmd_particle_noise": True})]
 
 

@@ -50,12 +50,14 @@ class NextActions(NamedTuple):
 
 @torch.no_grad()
 def best_of_n(agent: Agent, policy: DiffusionPolicy, obs: torch.Tensor, noise_std: torch.Tensor | float,
-              particles: int, generator: torch.Generator | None = None) -> NextActions:
-    """Draw N = `particles` chain samples per state from `policy`, score them with the agent's min(Q1, Q2), keep
-    the argmax (plus noise_std·N(0, I)); every draw from `generator` (None: torch's global generator)."""
+              particles: int, generator: torch.Generator | None = None, critic: torch.nn.Module | None = None
+              ) -> NextActions:
+    """Draw N = `particles` chain samples per state from `policy`, score them with min(Q1, Q2) of `critic` (the
+    agent's online critic by default), keep the argmax (plus noise_std·N(0, I)); every draw from `generator`
+    (None: torch's global generator)."""
     N = particles
     cand = agent.ops.sample(policy.eps_net, policy.sched, obs, N, x_T_scale=policy.x_T_scale, generator=generator)
-    q = agent.critic.min_q(obs.unsqueeze(-2).expand(*obs.shape[:-1], N, obs.shape[-1]), cand)
+    q = (critic or agent.critic).min_q(obs.unsqueeze(-2).expand(*obs.shape[:-1], N, obs.shape[-1]), cand)
     noise = randn(*obs.shape[:-1], agent.act_dim, device=obs.device, generator=generator)
     if agent.seeds is None:
         action, _ = agent.ops.best_of_n(q, cand, noise, noise_std)
