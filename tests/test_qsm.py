@@ -12,7 +12,7 @@ from fastrsm.agents.qsm import score_target
 from fastrsm.backend import make_ops
 from fastrsm.config import ConfigError, make_config
 from fastrsm.diffusion import q_sample
-from fastrsm.replay import ReplayBuffer
+from fastrsm.replay import Batch, ReplayBuffer
 
 S, A = 5, 3
 
@@ -40,7 +40,7 @@ def test_policy_loss_regresses_eps_onto_the_target_critics_gradient():
     agent = _agent()
     obs, act = torch.randn(6, S), torch.rand(6, A) * 2 - 1
     torch.manual_seed(4)
-    loss, _ = agent.policy_loss(obs, act)
+    loss, _ = agent.policy_loss(Batch(obs, act, torch.zeros(6), obs, torch.zeros(6)))
     torch.manual_seed(4)
     sched = agent.policy.sched
     t = torch.randint(0, sched.T, (6,))

@@ -11,6 +11,7 @@ from fastrsm.agents.qvpo import best_sample_and_weight
 from fastrsm.backend import make_ops
 from fastrsm.config import ConfigError, make_config
 from fastrsm.diffusion import q_sample
+from fastrsm.replay import Batch
 
 S, A = 5, 2
 
@@ -34,7 +35,7 @@ def test_policy_loss_by_hand():
     agent = _agent(qvpo_entropy_coef=0.5)
     obs = torch.randn(3, S)
     torch.manual_seed(9)
-    loss, _ = agent.policy_loss(obs)
+    loss, _ = agent.policy_loss(Batch(obs, torch.zeros(3, A), torch.zeros(3), obs, torch.zeros(3)))
     torch.manual_seed(9)
     p = agent.policy
     cand = p.sample(obs, 4)  # the same draws as the loss's candidates

@@ -1,5 +1,6 @@
 """What DPMD and SDAC share (docs/algorithms.md §3, §4, §6): the diffusion policy and its EMA copy, best-of-N acting,
-the bootstrap with the current policy's best-of-N action at s', and the temperature α.
+the bootstrap with the current policy's best-of-N action at s', and the temperature α. Also `best_of_n`, which
+every diffusion agent acts with, and `DiffusionBaseline`, the shape FlowRL's diffusion baselines (QSM, QVPO) share.
 
 One reverse chain per update serves both the critic target and the policy loss: the best-of-N actions drawn
 at s' for the bootstrap are also the a_0 (DPMD) or the anchor of h_t (SDAC) of the policy step."""
@@ -17,7 +18,17 @@ from ..diffusion import X_T_SCALE, DiffusionPolicy, randn
 from ..losses import alpha_loss, noise_entropy
 from ..replay import Batch
 from ..settings import AlgoSettings, Config, Need
-from .base import Agent, frozen_copy, gradient_step, linear_decay, log_alpha_param, make_adam, polyak, set_lr
+from .base import (
+    Agent,
+    Parts,
+    frozen_copy,
+    gradient_step,
+    linear_decay,
+    log_alpha_param,
+    make_adam,
+    polyak,
+    set_lr,
+)
 
 
 @dataclass
@@ -66,6 +77,57 @@ def best_of_n(agent: Agent, policy: DiffusionPolicy, obs: torch.Tensor, noise_st
         action, _ = agent.ops.best_of_n(q.flatten(0, 1), cand.flatten(0, 1), noise.flatten(0, 1), 1.0)
         action = action.view(noise.shape)
     return NextActions(action, cand, q)
+
+
+class DiffusionBaseline(Agent):
+    """A diffusion policy trained on every update, as FlowRL's baselines are: x_T ~ N(0, I), no EMA policy, no
+    temperature; explores with one chain sample (`explore_sample`, the subclass adds its noise), evaluates and
+    deploys with the best of `particles` by the online critics. A subclass gives `policy_loss(batch)` and the
+    bootstrap."""
+
+    x_T_scale = 1.0
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
+                 seeds: int | None = None):
+        super().__init__(obs_dim, act_dim, cfg, device, ops, seeds)
+        self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
+                                      cfg.schedule, cfg.beta_scale, seeds, self.x_T_scale).to(device)
+        self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device, self.compiled)
+
+    def deploy_particles(self) -> int:
+        return self.cfg.particles
+
+    def sample_one(self, policy: DiffusionPolicy, obs: torch.Tensor, generator: torch.Generator | None = None
+                   ) -> torch.Tensor:
+        """One chain sample per state, [(S,) B, A], through the backend's chain."""
+        return self.ops.sample(policy.eps_net, policy.sched, obs, 1, x_T_scale=policy.x_T_scale,
+                               generator=generator).squeeze(-2)
+
+    def explore_noise(self, a: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return a  # no added noise unless the algorithm adds some
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        if not explore:
+            return best_of_n(self, self.policy, obs, 0.0, self.cfg.particles, generator).action
+        return self.explore_noise(self.sample_one(self.policy, obs, generator), generator)
+
+    def policy_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def policy_step(self, batch: Batch, reuse: Any) -> dict[str, torch.Tensor]:
+        loss, metrics = self.policy_loss(batch)
+        gradient_step(self.opt_pi, self.total(loss))
+        return {"loss_pi": loss.detach(), **metrics}
+
+    def parts_for(self, updates: int) -> Parts:
+        return ("critic", "policy")  # the policy and the targets on every update
+
+    def schedule_period(self) -> int:
+        return 1
+
+    def alpha_step(self) -> dict[str, torch.Tensor]:
+        return {}  # no temperature
 
 
 class DiffusionAgent(Agent):

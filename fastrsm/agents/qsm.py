@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backend import Ops
-from ..diffusion import DiffusionPolicy, q_sample, randn
+from ..diffusion import q_sample, randn
+from ..replay import Batch
 from ..settings import AlgoSettings, Config, Need
-from .base import Agent, Parts, gradient_step, make_adam
-from .diffusion_agent import best_of_n
+from .diffusion_agent import DiffusionBaseline
 
 
 @dataclass
@@ -52,39 +51,21 @@ def score_target(grad_q: torch.Tensor, sqrt_1m_abar_t: torch.Tensor, temp: float
     return -sqrt_1m_abar_t.unsqueeze(-1) * grad_q / (temp * (scale + 1e-6))
 
 
-class QSM(Agent):
+class QSM(DiffusionBaseline):
     algo = "qsm"
     about = "Q-score matching, as FlowRL runs it (Psenka et al., ICML 2024, arXiv 2312.11752)"
     Settings = QSMSettings
-    x_T_scale = 1.0  # x_T ~ N(0, I), as FlowRL's sampler
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
-                 seeds: int | None = None):
-        super().__init__(obs_dim, act_dim, cfg, device, ops, seeds)
-        self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
-                                      cfg.schedule, cfg.beta_scale, seeds, self.x_T_scale).to(device)
-        self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device, self.compiled)
-
-    def deploy_particles(self) -> int:
-        return self.cfg.particles
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-        if not explore:
-            return best_of_n(self, self.policy, obs, 0.0, self.cfg.particles, generator).action
-        p = self.policy
-        a = self.ops.sample(p.eps_net, p.sched, obs, 1, x_T_scale=p.x_T_scale, generator=generator).squeeze(-2)
+    def explore_noise(self, a: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         z = randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)
         return (a + self.cfg.qsm_explore_noise * z).clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, None]:
-        p = self.policy
-        a2 = self.ops.sample(p.eps_net, p.sched, next_obs, 1, x_T_scale=p.x_T_scale).squeeze(-2)
-        return self.critic_target.min_q(next_obs, a2), None
+        return self.critic_target.min_q(next_obs, self.sample_one(self.policy, next_obs)), None
 
-    def policy_loss(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        sched = self.policy.sched
+    def policy_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        obs, action, sched = batch.obs, batch.action, self.policy.sched
         t = torch.randint(0, sched.T, action.shape[:-1], device=action.device)
         eps = torch.randn_like(action)
         a_t = q_sample(sched, action, t, eps).detach().requires_grad_()
@@ -94,17 +75,3 @@ class QSM(Agent):
         eps_pred = self.policy.eps_net(a_t.detach(), obs, t)
         loss = ((eps_pred - target) ** 2).mean(dim=(-2, -1))  # [S] per seed, or a scalar
         return loss, {"eps_target_l1": self.seed_mean(target.abs())}
-
-    def policy_step(self, batch, reuse: None) -> dict[str, torch.Tensor]:
-        loss, metrics = self.policy_loss(batch.obs, batch.action)
-        gradient_step(self.opt_pi, self.total(loss))
-        return {"loss_pi": loss.detach(), **metrics}
-
-    def parts_for(self, updates: int) -> Parts:
-        return ("critic", "policy")  # the policy and the targets on every update
-
-    def schedule_period(self) -> int:
-        return 1
-
-    def alpha_step(self) -> dict[str, torch.Tensor]:
-        return {}  # no temperature to learn

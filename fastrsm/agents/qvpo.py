@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import torch
 
 from ..backend import Ops
-from ..diffusion import DiffusionPolicy, q_sample
+from ..diffusion import q_sample
+from ..replay import Batch
 from ..settings import AlgoSettings, Config, Need
-from .base import Agent, Parts, frozen_copy, gradient_step, make_adam, polyak
-from .diffusion_agent import best_of_n
+from .base import frozen_copy, polyak
+from .diffusion_agent import DiffusionBaseline, best_of_n
 
 
 @dataclass
@@ -57,29 +58,15 @@ def best_sample_and_weight(cand: torch.Tensor, q: torch.Tensor) -> tuple[torch.T
     return best, q.max(-1).values - q.mean(-1)
 
 
-class QVPO(Agent):
+class QVPO(DiffusionBaseline):
     algo = "qvpo"
     about = "Q-weighted variational policy optimisation, as FlowRL runs it (Ding et al., 2024, arXiv 2405.16173)"
     Settings = QVPOSettings
-    x_T_scale = 1.0  # x_T ~ N(0, I), as FlowRL's sampler
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
                  seeds: int | None = None):
         super().__init__(obs_dim, act_dim, cfg, device, ops, seeds)
-        self.policy = DiffusionPolicy(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.time_dim, cfg.diffusion_steps,
-                                      cfg.schedule, cfg.beta_scale, seeds, self.x_T_scale).to(device)
         self.policy_target = frozen_copy(self.policy)
-        self.opt_pi = make_adam(self.policy.parameters(), cfg.lr_policy, device, self.compiled)
-
-    def deploy_particles(self) -> int:
-        return self.cfg.particles
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-        if not explore:
-            return best_of_n(self, self.policy, obs, 0.0, self.cfg.particles, generator).action
-        p = self.policy
-        return self.ops.sample(p.eps_net, p.sched, obs, 1, x_T_scale=p.x_T_scale, generator=generator).squeeze(-2)
 
     @torch.no_grad()
     def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -87,8 +74,8 @@ class QVPO(Agent):
                        critic=self.critic_target).action
         return self.critic_target.min_q(next_obs, a2), None
 
-    def policy_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg, p, N = self.cfg, self.policy, self.cfg.qvpo_train_samples
+    def policy_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg, p, N, obs = self.cfg, self.policy, self.cfg.qvpo_train_samples, batch.obs
         with torch.no_grad():
             cand = self.ops.sample(p.eps_net, p.sched, obs, N, x_T_scale=p.x_T_scale)  # [(S,) B, N, A]
             q = self.critic(obs.unsqueeze(-2).expand(*obs.shape[:-1], N, obs.shape[-1]), cand).mean(0)
@@ -109,19 +96,5 @@ class QVPO(Agent):
         n_best = obs.shape[-2]
         return loss, {"w_mean": self.seed_mean(weight[..., :n_best], seed_dim=0)}
 
-    def policy_step(self, batch, reuse: None) -> dict[str, torch.Tensor]:
-        loss, metrics = self.policy_loss(batch.obs)
-        gradient_step(self.opt_pi, self.total(loss))
-        return {"loss_pi": loss.detach(), **metrics}
-
     def after_policy_step(self) -> None:
         polyak(self.policy_target, self.policy, self.cfg.tau)  # the critics' targets: the base, at the same time
-
-    def parts_for(self, updates: int) -> Parts:
-        return ("critic", "policy")  # the policy and both targets on every update
-
-    def schedule_period(self) -> int:
-        return 1
-
-    def alpha_step(self) -> dict[str, torch.Tensor]:
-        return {}  # no temperature
