@@ -75,8 +75,8 @@ def test_qsm_reaches_900_on_inverted_pendulum_within_20k(tmp_path):
 @pytest.mark.slow
 def test_qvpo_reaches_900_on_inverted_pendulum_within_20k(tmp_path):
     # 16 chain samples per state in the policy step, not FlowRL's 64: at smoke sizes on a CPU, 64 runs at ~20 env
-    # steps/s (20k steps ≈ 17 min), 16 at ~4x that. Measured 2026-12-04 (2-core CPU, 1 thread, seed 0, 16 samples):
-    # 1000 at 10 000 env steps.
+    # steps/s (20k steps ≈ 17 min), 16 at about twice that. Measured 2026-12-04 (2-core CPU, 1 thread, seed 0,
+    # 16 samples): 1000 at 10 000 env steps, 240 s.
     summary, _ = _run(tmp_path, "qvpo", budget=20_000, qvpo_train_samples=16)
     assert summary["best_return"] >= BAR, summary
     assert summary["env_steps"] <= 20_000
