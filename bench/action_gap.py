@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from _runs import add_run_args, each_seed, fmt, run_main, write_json
 
-from fastrsm.policy import _own_rng, load_policy
+from fastrsm.policy import load_policy
 
 WARN = 0.8  # Q(taken) below this fraction of its episode peak, for good, counts as the critic foreseeing the fall
 
@@ -47,10 +47,8 @@ def score_state(agent, obs: torch.Tensor, taken: torch.Tensor, uniform: int, dra
     rep = s.expand(draws, -1)
     if hasattr(agent, "policy_ema"):  # the diffusion policy alone: one chain sample per draw
         d = agent.policy_ema.sample(s, particles=draws, generator=generator).reshape(draws, -1)
-    else:  # SAC: its Gaussian (tanh-squashed) with the run's entropy; it draws from the global RNG, so it runs on
-        # `generator`'s stream (as fastrsm.Policy acts) to make its rows repeat like the diffusion policies' do
-        with _own_rng(generator, torch.device("cpu")):
-            d = agent.act(rep, explore=True)
+    else:  # SAC, TD3 and the others: their exploring act, on `generator`'s stream so that rows repeat
+        d = agent.act(rep, explore=True, generator=generator)
     q_d = q(rep, d.clamp(-1.0, 1.0))
     return {"q_taken": q_taken, "q_uniform_max": q_u.max().item(), "q_uniform_min": q_u.min().item(),
             "q_uniform_mean": q_u.mean().item(), "q_draws_max": q_d.max().item()}

@@ -29,7 +29,7 @@ from torch import nn
 
 from .backend import compiler_available
 from .compiled import CompiledLearner
-from .policy import NumpyActing, Policy, _own_rng, checkpoint_path, load_policy, to_env_bounds
+from .policy import NumpyActing, Policy, checkpoint_path, load_policy, swapped_global_rng, to_env_bounds
 from .utils import UsageError
 
 FORMAT = "fastrsm-exported-policy/1"
@@ -128,7 +128,7 @@ class ExportedPolicy(NumpyActing):
         if x.dim() != 2 or x.shape[1] != self.obs_dim or not 1 <= x.shape[0] <= self.max_batch:
             raise ValueError(f"observations must be [{self.obs_dim}] or [B, {self.obs_dim}] with B <= "
                              f"{self.max_batch}, got {tuple(obs.shape)}")
-        with _own_rng(self._gen, self.device):
+        with swapped_global_rng(self._gen, self.device):
             a = self._run(x.to(torch.float32).contiguous())
         return a[0] if single else a
 

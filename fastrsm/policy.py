@@ -97,7 +97,7 @@ class Policy(NumpyActing):
         return a[0] if single else a
 
 
-class _own_rng:
+class swapped_global_rng:
     """Run a block on `gen`'s random stream (the global generator's state is swapped in and out): for an exported
     program (fastrsm.export), whose random ops draw from the global generator and take no generator argument.
     Not thread-safe; Policy passes its generator down instead."""

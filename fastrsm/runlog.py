@@ -28,8 +28,9 @@ except ImportError:  # NumPy 1
 
 from .utils import UsageError, atomic_torch_save, atomic_write_json, atomic_write_text
 
-# train.csv starts with these columns; every other metric an agent returns follows, in order of first appearance
-# (a new metric needs no change here: it appears in train.csv and TensorBoard as soon as an agent logs it).
+# train.csv starts with those of these columns that the run logs (an algorithm without a temperature has no alpha
+# column); every other metric an agent returns follows, in order of first appearance (a new metric needs no change
+# here: it appears in train.csv and TensorBoard as soon as an agent logs it).
 TRAIN_FIRST_COLUMNS = ["step", "updates", "alpha", "loss_q", "q_mean", "loss_pi", "loss_alpha", "episode_return",
                        "steps_per_s", "wall_time"]
 EVAL_COLUMNS = ["step", "return_mean", "return_std", "episodes"]
@@ -55,7 +56,8 @@ def device_description(device: torch.device) -> str:
 
 
 def train_columns(rows: list[dict]) -> list[str]:
-    cols = list(TRAIN_FIRST_COLUMNS)
+    logged = {k for r in rows for k in r}
+    cols = [c for c in TRAIN_FIRST_COLUMNS if c in logged or c in ("step", "updates")]
     for r in rows:
         cols.extend(k for k in r if k not in cols)
     return cols

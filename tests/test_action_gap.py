@@ -25,7 +25,7 @@ def test_scores_on_a_critic_with_a_known_best_action(import_bench) -> None:
         return 10.0 - ((a - best) ** 2).sum(-1)
 
     agent = SimpleNamespace(critic=SimpleNamespace(min_q=min_q),
-                            act=lambda s, explore=True: torch.zeros(s.shape[0], 2))  # a "policy" that always acts 0
+                            act=lambda s, explore=True, generator=None: torch.zeros(s.shape[0], 2))  # always acts 0
     g = torch.Generator().manual_seed(0)
     r = import_bench("action_gap").score_state(agent, torch.zeros(3), best, uniform=4096, draws=8, generator=g)
     assert r["q_taken"] == pytest.approx(10.0)
@@ -65,9 +65,10 @@ def test_a_tiny_run_is_scored_at_every_marked_step(tmp_path: Path, capsys, impor
 
 
 def test_sac_draws_repeat_with_the_generator_and_leave_the_global_rng_alone(import_bench) -> None:
-    # SAC's act draws from the global RNG: the score must still follow the generator's seed alone
+    # an agent's exploring act draws from the generator it is given: the score follows the generator's seed alone
     agent = SimpleNamespace(critic=SimpleNamespace(min_q=lambda s, a: -(a ** 2).sum(-1)),
-                            act=lambda s, explore=True: torch.randn(s.shape[0], 2).tanh())
+                            act=lambda s, explore=True, generator=None: torch.randn(s.shape[0], 2,
+                                                                                    generator=generator).tanh())
     score = import_bench("action_gap").score_state
     state = torch.random.get_rng_state()
     runs = [score(agent, torch.zeros(3), torch.zeros(2), 16, 8, torch.Generator().manual_seed(k)) for k in (5, 5, 6)]

@@ -112,6 +112,9 @@ def test_tiny_run_leaves_complete_run_dir(tmp_path, capsys, algo):
     unused = json.loads((run / "config.json").read_text())["config"].get("unused_settings", [])
     assert ("reverse_samples" in unused) == (algo != "sdac")
     assert ("does not use reverse-samples" in err) == (algo != "sdac")
+    # a temperature column only where the algorithm has a temperature (nothing faked for TD3, QSM, QVPO)
+    header = (run / "train.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["step", "updates"] and ("alpha" in header) == (algo in ("dpmd", "sdac", "sac"))
     for f in ("config.json", "train.csv", "eval.csv", "summary.json", "checkpoints/latest.pt", "checkpoints/best.pt"):
         assert (run / f).is_file(), f
     cfg = json.loads((run / "config.json").read_text())
