@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..backend import Ops
+from ..diffusion import randn
 from ..losses import critic_loss, td_target
 from ..nets import TwinQ
 from ..profiling import nvtx_range
@@ -160,6 +161,13 @@ def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
     opt.load_state_dict({**state, "param_groups": groups})
     if _traceable(opt):  # a checkpoint written before the first step has no Adam state; the traced step needs it
         prepare_traced_adam(opt)
+
+
+def noisy_action(a: torch.Tensor, std: float | torch.Tensor, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """clip(a + std·N(0, I), −1, 1): Gaussian exploration kept inside the action box; differentiable in `a`."""
+    z = randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)
+    return (a + std * z).clamp(-1.0, 1.0)
 
 
 def linear_decay(step: int, start: int, end: int, v0: float, v1: float) -> float:

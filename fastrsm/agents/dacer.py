@@ -31,13 +31,13 @@ from dataclasses import dataclass
 import torch
 
 from ..backend import Ops
-from ..diffusion import DiffusionPolicy, randn, sample_chain
+from ..diffusion import DiffusionPolicy, sample_chain
 from ..gmm import gmm_entropy, sklearn_gmm_entropy
 from ..losses import alpha_loss, dsac_critic_loss, dsac_std_ema, dsac_targets
 from ..nets import DistributionalTwinQ
 from ..replay import Batch
 from ..settings import AlgoSettings, Config, ConfigError, Need
-from .base import Agent, Parts, gradient_step, make_adam
+from .base import Agent, Parts, gradient_step, make_adam, noisy_action
 
 DACER_ENTROPY = ("torch", "sklearn")
 
@@ -111,8 +111,7 @@ class DACER(Agent):
     # -- the chain
     def add_noise(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """a = clip(x_0 + exp(log α)·λ_n·N(0, I), −1, 1); differentiable in x_0 (α held constant)."""
-        z = randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        return (x0 + self.alpha * self.cfg.dacer_noise * z).clamp(-1.0, 1.0)
+        return noisy_action(x0, self.alpha * self.cfg.dacer_noise, generator)
 
     @torch.no_grad()
     def sample(self, s: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None

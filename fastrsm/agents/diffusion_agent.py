@@ -81,7 +81,7 @@ def best_of_n(agent: Agent, policy: DiffusionPolicy, obs: torch.Tensor, noise_st
 
 class DiffusionBaseline(Agent):
     """A diffusion policy trained on every update, as FlowRL's baselines are: x_T ~ N(0, I), no EMA policy, no
-    temperature; explores with one chain sample (`explore_sample`, the subclass adds its noise), evaluates and
+    temperature; explores with one chain sample (`explore_noise`, the subclass adds its noise), evaluates and
     deploys with the best of `particles` by the online critics. A subclass gives `policy_loss(batch)` and the
     bootstrap."""
 

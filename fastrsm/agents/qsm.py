@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..diffusion import q_sample, randn
+from ..diffusion import q_sample
 from ..replay import Batch
 from ..settings import AlgoSettings, Config, Need
+from .base import noisy_action
 from .diffusion_agent import DiffusionBaseline
 
 
@@ -57,8 +58,7 @@ class QSM(DiffusionBaseline):
     Settings = QSMSettings
 
     def explore_noise(self, a: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        z = randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)
-        return (a + self.cfg.qsm_explore_noise * z).clamp(-1.0, 1.0)
+        return noisy_action(a, self.cfg.qsm_explore_noise, generator)
 
     @torch.no_grad()
     def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, None]:

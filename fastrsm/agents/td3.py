@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from ..backend import Ops
-from ..diffusion import randn
 from ..nets import DeterministicActor
 from ..settings import CRITIC_ACTIVATIONS, AlgoSettings, Config, Need
-from .base import Agent, Parts, frozen_copy, gradient_step, make_adam, polyak
+from .base import Agent, Parts, frozen_copy, gradient_step, make_adam, noisy_action, polyak
 
 
 @dataclass
@@ -66,8 +65,7 @@ class TD3(Agent):
         a = self.actor(obs)
         if not explore:
             return a
-        z = randn(a.shape, device=a.device, dtype=a.dtype, generator=generator)
-        return (a + self.cfg.td3_explore_noise * z).clamp(-1.0, 1.0)
+        return noisy_action(a, self.cfg.td3_explore_noise, generator)
 
     @torch.no_grad()
     def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, None]:
