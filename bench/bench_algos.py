@@ -7,7 +7,8 @@ Each algorithm gets an agent on the same replay contents (random rows); the roun
 each algorithm in turn, the order rotating every round, so load from other processes falls on all alike. The
 updates follow each agent's own schedule (policy delay, α clock), except the rare expensive α steps (DACER's GMM
 entropy estimate every 10 000 updates), which are timed apart and reported with their amortised share. Reported:
-median over rounds of ms per update, and the ratio to the first algorithm's."""
+median over rounds of ms per update, and the ratio to the first algorithm's; on CUDA also the peak memory an
+update takes above what every agent and buffer holds at rest."""
 
 from __future__ import annotations
 
@@ -61,9 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         agent.advance(parts)
 
     rare: dict[str, float] = {}
+    peak: dict[str, float] = {}  # MiB above what every agent and buffer holds at rest (CUDA only)
     for a in algos:  # warm-up (first-call allocations), and the rare α step of DACER/DACER2 timed apart
+        if device.type == "cuda":
+            sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            rest = torch.cuda.memory_allocated(device)
         for _ in range(3):
             steady_update(a)
+        if device.type == "cuda":
+            sync(device)
+            peak[a] = (torch.cuda.max_memory_allocated(device) - rest) / 2**20
         if a in ("dacer", "dacer2"):
             t0 = time.perf_counter()
             agents[a].update_step(replays[a].sample(), ("critic", "alpha"))
@@ -87,19 +96,26 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{args.env}, preset {args.preset}, {device}, {args.threads} thread(s), {args.updates} updates x "
           f"{args.rounds} rounds; torch {torch.__version__}; {platform.processor() or platform.machine()}")
-    print(f"{'algo':8} {'ms/update':>10} {'min-max':>14} {'x ' + algos[0]:>9} {'rare α step ms':>15} {'amortised':>10}")
+    print(f"{'algo':8} {'ms/update':>10} {'min-max':>14} {'x ' + algos[0]:>9} {'rare α step ms':>15} {'amortised':>10}"
+          f" {'update MiB':>10}")
     for a in algos:
         med = statistics.median(times[a])
         every = cfgs[a].dacer_alpha_every if a in rare else 0
         amort = rare[a] / every if a in rare else 0.0
         rows.append({"algo": a, "ms_per_update": med, "min": min(times[a]), "max": max(times[a]),
-                     "ratio": med / base, "alpha_step_ms": rare.get(a), "alpha_every": every or None})
+                     "ratio": med / base, "alpha_step_ms": rare.get(a), "alpha_every": every or None,
+                     "update_peak_mib": peak.get(a)})
         alpha = f"{rare[a]:.0f} (1/{every})" if a in rare else "-"
         share = f"+{amort:.3f}" if a in rare else "-"
-        print(f"{a:8} {med:10.2f} {min(times[a]):6.2f}-{max(times[a]):<7.2f} {med / base:9.2f} {alpha:>15} {share:>10}")
+        mib = f"{peak[a]:.1f}" if a in peak else "-"
+        print(f"{a:8} {med:10.2f} {min(times[a]):6.2f}-{max(times[a]):<7.2f} {med / base:9.2f} {alpha:>15} {share:>10}"
+              f" {mib:>10}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"env": args.env, "preset": args.preset, "device": str(device), "rows": rows}, f, indent=1)
+            json.dump({"env": args.env, "preset": args.preset, "device": str(device), "updates": args.updates,
+                       "rounds": args.rounds, "torch": torch.__version__,
+                       "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                       "rows": rows}, f, indent=1)
     return 0
 
 

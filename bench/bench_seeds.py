@@ -2,10 +2,11 @@
 (`fastrsm-train --seeds`) against S single-seed runs doing the same work. A script, not a pytest benchmark:
 
     python bench/bench_seeds.py [--env Hopper-v4] [--algo dpmd] [--seeds 4] [--steps 600] [--rounds 3]
-                                [--json out.json]
+                                [--preset smoke] [--device cpu] [--warmup-steps N] [--json out.json]
 
-Both contestants run the training loop's body (fastrsm.loop.vector_step, as fastrsm-train does) with the smoke
-preset at one torch thread, without logging, evaluation and checkpoints. Each first collects the preset's
+Both contestants run the training loop's body (fastrsm.loop.vector_step, as fastrsm-train does) with the chosen
+preset (smoke by default: the CPU figure) at one torch thread,
+without logging, evaluation and checkpoints. Each first collects the preset's
 warm-up transitions and makes `--burn-in` training steps (neither timed); then the `--steps` timed env steps per
 seed are split into `--rounds` chunks and the two contestants alternate chunk by chunk (S = 4 group, then the four
 single runs one after the other, the order swapping each round), so that load on a shared CPU hits both alike.
@@ -15,6 +16,7 @@ The ratio is (time of the S single runs) / (time of the group) for the same S ×
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -27,6 +29,7 @@ import torch
 from fastrsm import loop
 from fastrsm.agents import make_agent
 from fastrsm.backend import make_ops
+from fastrsm.bench import sync
 from fastrsm.config import make_config
 from fastrsm.envs import make_vec_env
 from fastrsm.group import SeedEnvs
@@ -35,7 +38,7 @@ from fastrsm.loop import LoopState, env_seed
 from fastrsm.replay import ReplayBuffer
 from fastrsm.runner import SeedActor
 from fastrsm.seeds import SeedReplay
-from fastrsm.utils import seed_everything
+from fastrsm.utils import resolve_device, seed_everything
 
 warnings.filterwarnings("ignore", message=r".*is out of date", category=DeprecationWarning)
 
@@ -43,10 +46,9 @@ warnings.filterwarnings("ignore", message=r".*is out of date", category=Deprecat
 class Runner:
     """One contestant: envs, agent, replay, loop state; `advance(n)` makes n vector steps."""
 
-    def __init__(self, cfg, seeds: list[int] | None):
-        dev = torch.device("cpu")
-        ops = make_ops("torch", dev)
-        cfgs = [cfg.__class__(**{**cfg.to_dict(), "seed": s}) for s in (seeds or [cfg.seed])]
+    def __init__(self, cfg, seeds: list[int] | None, dev: torch.device, backend: str):
+        ops = make_ops(backend, dev)
+        cfgs = [dataclasses.replace(cfg, seed=s) for s in (seeds or [cfg.seed])]
         if seeds is None:
             self.envs = make_vec_env(cfg.env_id, cfg.num_envs, env_seed(cfg, 0), cfg.env_backend)
             seed_everything(cfg.seed)
@@ -60,13 +62,13 @@ class Runner:
             self.agent = SeedActor(Learner(agent), len(seeds), [False] * len(seeds))
             self.replay = SeedReplay(len(seeds), cfg.buffer_size, self.envs.obs_dim, self.envs.act_dim, dev,
                                      cfg.batch_size)
-        self.cfg, self.st, self.metrics = cfg, LoopState(), {}
+        self.cfg, self.st, self.metrics, self.dev = cfg, LoopState(), {}, dev
         self.obs = self.envs.reset()
 
     def advance(self, n: int) -> None:
         for _ in range(n):
             res = loop.vector_step(self.cfg, self.envs, self.agent, self.replay, self.obs, self.st, self.metrics,
-                                   torch.device("cpu"))
+                                   self.dev)
             self.obs = res.next_obs
 
 
@@ -78,15 +80,23 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=600, help="timed env steps per seed")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--burn-in", type=int, default=50)
+    p.add_argument("--preset", default="smoke", help="smoke (the CPU figure) or paper (the GPU figure)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--backend", default="torch", help="ops backend of both contestants (torch, triton)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="random-action steps first (default: the preset's)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     # read now: the code being timed is what was imported at start, whatever HEAD is when the run ends
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     torch.set_num_threads(1)
-    cfg = make_config("smoke", {"env_id": args.env, "algo": args.algo, "buffer_size": 20_000})
+    dev = resolve_device(args.device)
+    over = {"env_id": args.env, "algo": args.algo, "buffer_size": 20_000, "device": str(dev)}
+    if args.warmup_steps is not None:
+        over["warmup_steps"] = args.warmup_steps
+    cfg = make_config(args.preset, over)
     S = args.seeds
-    group = Runner(cfg, list(range(S)))
-    singles = [Runner(make_config("smoke", {**cfg.to_dict(), "seed": s}), None) for s in range(S)]
+    group = Runner(cfg, list(range(S)), dev, args.backend)
+    singles = [Runner(dataclasses.replace(cfg, seed=s), None, dev, args.backend) for s in range(S)]
     for r in [group, *singles]:  # warm-up (random actions) + burn-in updates, untimed
         r.advance(cfg.warmup_steps // cfg.num_envs + args.burn_in)
     chunk = args.steps // args.rounds
@@ -95,12 +105,14 @@ def main() -> None:
         order = ["group", "singles"] if k % 2 == 0 else ["singles", "group"]
         times = {}
         for who in order:
+            sync(dev)
             t0 = time.perf_counter()
             if who == "group":
                 group.advance(chunk)
             else:
                 for r in singles:
                     r.advance(chunk)
+            sync(dev)
             times[who] = time.perf_counter() - t0
         t_group += times["group"]
         t_singles += times["singles"]
@@ -109,7 +121,9 @@ def main() -> None:
               f"{S * chunk / times['singles']:.1f} env-steps/s, ratio {ratios[-1]:.2f}", flush=True)
     steps = S * chunk * args.rounds
     out = {
-        "env": args.env, "algo": args.algo, "seeds": S, "timed_steps_per_seed": chunk * args.rounds,
+        "env": args.env, "algo": args.algo, "preset": args.preset, "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "seeds": S,
+        "timed_steps_per_seed": chunk * args.rounds,
         "group_env_steps_per_s": steps / t_group, "singles_env_steps_per_s": steps / t_singles,
         "ratio": t_singles / t_group, "round_ratios": ratios,
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} torch thread(s)",

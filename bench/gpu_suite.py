@@ -44,12 +44,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("setup", "tests", "kernels", "bench", "train", "jax")
+PARTS = ("setup", "tests", "kernels", "bench", "algos", "seeds", "train", "jax")
 # Seconds per part on the GPU machine: they add up to under 6 minutes, so a second call (say `--only kernels
 # --limit kernels=300` for the torch.compile chunks) fits in the same 15-minute device session.
-GPU_LIMITS = {"setup": 40, "tests": 55, "kernels": 60, "bench": 105, "train": 95, "jax": 0}
-DRY_LIMITS = {"setup": 30, "tests": 60, "kernels": 30, "bench": 60, "train": 40, "jax": 0}
-TRAIN_SECONDS = {"gpu": 90.0, "dry": 30.0}  # the training runs this long, then gets SIGTERM
+GPU_LIMITS = {"setup": 60, "tests": 75, "kernels": 110, "bench": 130, "algos": 50, "seeds": 50, "train": 70,
+              "jax": 0}
+DRY_LIMITS = {"setup": 30, "tests": 60, "kernels": 30, "bench": 60, "algos": 60, "seeds": 60, "train": 40, "jax": 0}
+TRAIN_SECONDS = {"gpu": 55.0, "dry": 30.0}  # the training runs this long, then gets SIGTERM
 DRY_STEADY_ROWS = 2  # the dry run stops its training as soon as train.csv has this many steady rows
 MIN_STEP_S = 5.0  # a step with less time left than this is not started
 EXIT_USAGE = 2
@@ -206,8 +207,10 @@ def steps_setup(c: Ctx) -> list[Step]:
         steps.append(Step("wheels", pip + list(reqs), na=na, env={"PIP_BREAK_SYSTEM_PACKAGES": "1"}))
         # --no-deps: the index-less machine has what the project needs once the wheels are in; setuptools for
         # the isolated build comes from the wheelhouse too
-        steps.append(Step("project", pip + ["--no-deps", "-e", "."], na="dry-run: installed already" if c.dry
-                          else None, env={"PIP_BREAK_SYSTEM_PACKAGES": "1"}))
+        # if the isolated build fails there, the machine's own setuptools builds it (--no-build-isolation)
+        inst = " ".join(pip + ["--no-deps", "-e", "."])
+        steps.append(Step("project", ["sh", "-c", f"{inst} || {inst} --no-build-isolation"],
+                          na="dry-run: installed already" if c.dry else None, env={"PIP_BREAK_SYSTEM_PACKAGES": "1"}))
     env_id = "Pendulum-v1" if c.dry else "Ant-v4"
     check = ("import json, fastrsm, fastrsm.kernels, gymnasium, torch; "
              f"e = gymnasium.make({env_id!r}); e.reset(seed=0); e.close(); "
@@ -249,17 +252,19 @@ FAST_BACKENDS, COMPILE_BACKENDS = ["triton", "graphs", "torch"], ["compile"]
 UTDS = {"utd1": ["--num-envs", "1", "--utd", "1"], "utd0.2": ["--num-envs", "5", "--utd", "0.2"]}
 
 
-def bench_plan() -> list[tuple[str, str, str]]:
-    """(algo, utd key, backend group) in priority order: what matters most runs first."""
+def bench_plan() -> list[tuple[str, str, str, str]]:
+    """(algo, utd key, backend group, env) in priority order: what matters most runs first."""
     fast = [("dpmd", "utd1"), ("dpmd", "utd0.2"), ("sdac", "utd1"), ("sac", "utd1"), ("sdac", "utd0.2"),
             ("sac", "utd0.2")]
-    return [(a, u, "fast") for a, u in fast] + [(a, u, "compile") for a, u in fast]
+    ant = [(a, u, "fast", "Ant-v4") for a, u in fast[:4]]
+    return (ant + [("dpmd", "utd1", "fast", "Hopper-v4")] + [(a, u, "fast", "Ant-v4") for a, u in fast[4:]]
+            + [(a, u, "compile", "Ant-v4") for a, u in fast])
 
 
 def steps_bench(c: Ctx) -> list[Step]:
     steps = []
-    for algo, utd, group in bench_plan():
-        name = f"{algo}-{utd}-{group}"
+    for algo, utd, group, env_id in bench_plan():
+        name = f"{algo}-{utd}-{group}" + ("" if env_id == "Ant-v4" else f"-{env_id.split('-')[0].lower()}")
         sizes = {"utd1": ["--updates", "100", "--warmup-updates", "10", "--act-calls", "30", "--env-steps", "400"],
                  "utd0.2": ["--updates", "20", "--warmup-updates", "5", "--act-calls", "10", "--env-steps", "1000"]}
         cmd = [c.py, "-m", "fastrsm.bench", "--algo", algo, *UTDS[utd], "--json", c.path("bench", name + ".json")]
@@ -269,14 +274,36 @@ def steps_bench(c: Ctx) -> list[Step]:
                     "--updates", "3", "--warmup-updates", "1", "--act-calls", "3", "--env-steps", "20", "--fill", "256"]
             if group == "compile":
                 na = "dry-run: torch.compile takes minutes on this CPU"
-            elif algo != "dpmd":
+            elif algo != "dpmd" or env_id != "Ant-v4":
                 na = "dry-run: dpmd at both UTDs proves the command"
         else:
             backends = FAST_BACKENDS if group == "fast" else COMPILE_BACKENDS
-            cmd += ["--env", "Ant-v4", "--preset", "paper", "--backends", *backends, *sizes[utd]]
+            cmd += ["--env", env_id, "--preset", "paper", "--backends", *backends, *sizes[utd]]
         # one stuck invocation must not starve the rest of the part
         steps.append(Step(name, cmd + c.sets(), cap_s=60 if group == "fast" else 120, na=na))
     return steps
+
+
+ALGOS_UPDATES = {"gpu": ["--updates", "30", "--rounds", "3"], "dry": ["--updates", "2", "--rounds", "1"]}
+
+
+def steps_algos(c: Ctx) -> list[Step]:
+    """The compute-and-memory table: ms per update and the update's peak memory of every algorithm, one process."""
+    where = (["--env", "Pendulum-v1", "--preset", "smoke", "--device", "cpu"] if c.dry
+             else ["--env", "Ant-v4", "--preset", "paper", "--device", "cuda"])
+    return [Step("every-algo", [c.py, "bench/bench_algos.py", *where, *ALGOS_UPDATES[c.mode],
+                                "--json", c.path("algos", "algos.json")])]
+
+
+def steps_seeds(c: Ctx) -> list[Step]:
+    """S = 8 seeds as one batched agent against 8 single-seed runs, same work, interleaved (bench/bench_seeds.py)."""
+    if c.dry:
+        where = ["--env", "Pendulum-v1", "--preset", "smoke", "--device", "cpu", "--seeds", "2", "--steps", "6",
+                 "--rounds", "2", "--burn-in", "2", "--warmup-steps", "20"]
+    else:
+        where = ["--env", "Ant-v4", "--preset", "paper", "--device", "cuda", "--backend", "triton", "--seeds", "8",
+                 "--steps", "120", "--rounds", "2", "--burn-in", "10", "--warmup-steps", "300"]
+    return [Step("seeds-8", [c.py, "bench/bench_seeds.py", *where, "--json", c.path("seeds", "seeds.json")])]
 
 
 def train_cmd(c: Ctx) -> list[str]:
@@ -306,7 +333,7 @@ def steps_jax(c: Ctx) -> list[Step]:
 
 
 STEPS = {"setup": steps_setup, "tests": steps_tests, "kernels": steps_kernels, "bench": steps_bench,
-         "train": steps_train, "jax": steps_jax}
+         "algos": steps_algos, "seeds": steps_seeds, "train": steps_train, "jax": steps_jax}
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -408,6 +435,8 @@ def figures(part: str, c: Ctx, steps: list[dict[str, Any]]) -> dict[str, Any]:
         return {"groups": kernel_figures(files), "files": [os.path.basename(f) for f in files]}
     if part == "bench":
         return {"rows": bench_figures([c.path("bench", s["name"] + ".json") for s in steps])}
+    if part in ("algos", "seeds"):
+        return _read_json(c.path(part, part + ".json")) or {}
     if part == "train":
         run = c.path("train", "run")
         fig = train_figures(run)
@@ -460,6 +489,8 @@ def targets(parts: dict[str, Any]) -> list[dict[str, Any]]:
     add("DPMD env-steps/s at UTD 1 on Ant-v4 (gymnasium envs)", v, ">= 1000", v is not None and v >= 1000)
     v = tri.get("peak_mem_mb")
     add("DPMD paper preset peak GPU memory (MB)", v, "reported", True)
+    v = (parts.get("seeds", {}).get("figures") or {}).get("ratio")
+    add("S = 8 seeds in one process vs 8 single runs (aggregate env-steps/s)", v, ">= 6x", v is not None and v >= 6)
     return out
 
 
@@ -569,6 +600,16 @@ def _part_md(name: str, fig: dict[str, Any]) -> list[str]:
         out += [f"| {r['algo']} | {_f(r['utd'], 'g')} | {r['num_envs']} | {r['backend']} | {_f(r['update_ms'], '.3f')} "
                 f"| {_f(r['act_ms'], '.3f')} | {_f(r['env_steps_per_s'], '.1f')} | {_f(r['peak_mem_mb'], '.1f')} | "
                 f"{r['status']} |" for r in fig["rows"]]
+    if name == "algos" and fig.get("rows"):
+        out += ["", f"{fig.get('env')}, preset {fig.get('preset')}, {fig.get('device_name') or fig.get('device')}; "
+                    f"median of {fig.get('rounds')} rounds of {fig.get('updates')} updates, eager learner",
+                "", "| algo | ms/update | x first | update peak MiB |", "|---|---|---|---|"]
+        out += [f"| {r['algo']} | {_f(r['ms_per_update'], '.3f')} | {_f(r['ratio'], '.2f')} | "
+                f"{_f(r.get('update_peak_mib'), '.1f')} |" for r in fig["rows"]]
+    if name == "seeds" and fig:
+        out += ["", f"{fig.get('seeds')} seeds, {fig.get('env')}, {fig.get('algo')}, preset {fig.get('preset')}: "
+                    f"group {_f(fig.get('group_env_steps_per_s'), '.1f')} env-steps/s, singles "
+                    f"{_f(fig.get('singles_env_steps_per_s'), '.1f')}, ratio {_f(fig.get('ratio'), '.2f')}"]
     if name == "train" and fig:
         out += ["", f"steady {_f(fig.get('steady_steps_per_s'), '.1f')} env-steps/s (median of "
                     f"{fig.get('steady_rows')} log rows after warm-up {fig.get('warmup_steps')} + one interval); "
@@ -724,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"gpu_suite: {part} (limit {limits[part]:.0f}s)", flush=True)
         t0 = time.monotonic()
-        if part in ("tests", "kernels", "bench", "train"):
+        if part in ("tests", "kernels", "bench", "algos", "seeds", "train"):
             # a rerun starts clean: an old chunk's JSON or run dir must not mix into the new figures
             shutil.rmtree(c.path(part), ignore_errors=True)
             os.makedirs(c.path(part))

@@ -13,6 +13,8 @@ import tarfile
 
 import pytest
 
+from fastrsm.agents import AGENTS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITE = os.path.join(ROOT, "bench", "gpu_suite.py")
 
@@ -62,10 +64,10 @@ def test_dry_run_writes_every_part_and_records_a_failing_one(dry_run):
     assert set(res["parts"]) == set(suite.PARTS)
     status = {p: v["status"] for p, v in res["parts"].items()}
     failed_logs = {p: [s.get("tail") for s in v["steps"]] for p, v in res["parts"].items() if v["status"] != "ok"}
-    assert status == {"setup": "failed", "tests": "ok", "kernels": "ok", "bench": "ok", "train": "ok",
-                      "jax": "skipped"}, failed_logs
+    assert status == {"setup": "failed", "tests": "ok", "kernels": "ok", "bench": "ok", "algos": "ok", "seeds": "ok",
+                      "train": "ok", "jax": "skipped"}, failed_logs
     assert res["parts"]["setup"]["forced_failure"] is True
-    for part in ("tests", "kernels", "bench", "train"):
+    for part in ("tests", "kernels", "bench", "algos", "seeds", "train"):
         assert res["parts"][part]["mode"] == "dry"
         for step in res["parts"][part]["steps"]:
             assert step["status"] in ("ok", "n/a")
@@ -77,6 +79,12 @@ def test_dry_run_writes_every_part_and_records_a_failing_one(dry_run):
     rows = res["parts"]["bench"]["figures"]["rows"]
     assert {(r["algo"], r["utd"]) for r in rows} == {("dpmd", 1.0), ("dpmd", 0.2)}
     assert all(r["status"] == "ok" and r["update_ms"] > 0 and r["env_steps_per_s"] > 0 for r in rows)
+    algos = res["parts"]["algos"]["figures"]["rows"]
+    assert {r["algo"] for r in algos} == set(AGENTS) and all(r["ms_per_update"] > 0 for r in algos)
+    seeds = res["parts"]["seeds"]["figures"]
+    assert seeds["seeds"] == 2 and seeds["ratio"] > 0 and seeds["group_env_steps_per_s"] > 0
+    assert any(t["target"].startswith("S = 8 seeds") and t["measured"] == round(seeds["ratio"], 3)
+               for t in res["targets"])
     train = res["parts"]["train"]["figures"]
     assert train["steady_steps_per_s"] > 0 and train["steady_rows"] >= suite.DRY_STEADY_ROWS
     assert not os.path.exists(os.path.join(out, "train", "run", "checkpoints"))
@@ -96,7 +104,7 @@ def test_only_reruns_one_part_merges_and_packs(dry_run):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     after = _results(out)
     assert after["parts"]["setup"]["status"] == "ok" and not after["parts"]["setup"]["forced_failure"]
-    for part in ("tests", "kernels", "bench", "train", "jax"):
+    for part in ("tests", "kernels", "bench", "algos", "seeds", "train", "jax"):
         assert after["parts"][part] == before["parts"][part]
     assert [r["parts"] for r in after["runs"]] == [list(suite.PARTS), ["setup"]]
     assert "## setup: ok" in open(os.path.join(out, "gpu_results.md")).read()
