@@ -33,10 +33,9 @@ from fastrsm.bench import sync
 from fastrsm.config import make_config
 from fastrsm.envs import make_vec_env
 from fastrsm.group import SeedEnvs
-from fastrsm.learner import Learner
 from fastrsm.loop import LoopState, env_seed
 from fastrsm.replay import ReplayBuffer
-from fastrsm.runner import SeedActor
+from fastrsm.runner import SeedActor, make_learner
 from fastrsm.seeds import SeedReplay
 from fastrsm.utils import resolve_device, seed_everything
 
@@ -46,20 +45,21 @@ warnings.filterwarnings("ignore", message=r".*is out of date", category=Deprecat
 class Runner:
     """One contestant: envs, agent, replay, loop state; `advance(n)` makes n vector steps."""
 
-    def __init__(self, cfg, seeds: list[int] | None, dev: torch.device, backend: str):
+    def __init__(self, cfg, seeds: list[int] | None, dev: torch.device, backend: str, cuda_graphs: bool):
         ops = make_ops(backend, dev)
         cfgs = [dataclasses.replace(cfg, seed=s) for s in (seeds or [cfg.seed])]
         if seeds is None:
             self.envs = make_vec_env(cfg.env_id, cfg.num_envs, env_seed(cfg, 0), cfg.env_backend)
             seed_everything(cfg.seed)
-            self.agent = SeedActor(Learner(make_agent(cfg.algo, self.envs.obs_dim, self.envs.act_dim, cfg, dev, ops)),
-                                   None, [False])
+            agent = make_agent(cfg.algo, self.envs.obs_dim, self.envs.act_dim, cfg, dev, ops)
+            self.agent = SeedActor(make_learner(agent, backend, cuda_graphs, cfg.num_envs), None, [False])
             self.replay = ReplayBuffer(cfg.buffer_size, self.envs.obs_dim, self.envs.act_dim, dev, cfg.batch_size)
         else:
             self.envs = SeedEnvs([make_vec_env(c.env_id, c.num_envs, env_seed(c, 0), c.env_backend) for c in cfgs])
             seed_everything(seeds[0])
             agent = make_agent(cfg.algo, self.envs.obs_dim, self.envs.act_dim, cfg, dev, ops, seeds=len(seeds))
-            self.agent = SeedActor(Learner(agent), len(seeds), [False] * len(seeds))
+            self.agent = SeedActor(make_learner(agent, backend, cuda_graphs, cfg.num_envs), len(seeds),
+                                   [False] * len(seeds))
             self.replay = SeedReplay(len(seeds), cfg.buffer_size, self.envs.obs_dim, self.envs.act_dim, dev,
                                      cfg.batch_size)
         self.cfg, self.st, self.metrics, self.dev = cfg, LoopState(), {}, dev
@@ -83,6 +83,7 @@ def main() -> None:
     p.add_argument("--preset", default="smoke", help="smoke (the CPU figure) or paper (the GPU figure)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--backend", default="torch", help="ops backend of both contestants (torch, triton)")
+    p.add_argument("--cuda-graphs", action="store_true", help="both contestants under CUDA graphs (CUDA only)")
     p.add_argument("--warmup-steps", type=int, default=None, help="random-action steps first (default: the preset's)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -95,8 +96,8 @@ def main() -> None:
         over["warmup_steps"] = args.warmup_steps
     cfg = make_config(args.preset, over)
     S = args.seeds
-    group = Runner(cfg, list(range(S)), dev, args.backend)
-    singles = [Runner(dataclasses.replace(cfg, seed=s), None, dev, args.backend) for s in range(S)]
+    group = Runner(cfg, list(range(S)), dev, args.backend, args.cuda_graphs)
+    singles = [Runner(dataclasses.replace(cfg, seed=s), None, dev, args.backend, args.cuda_graphs) for s in range(S)]
     for r in [group, *singles]:  # warm-up (random actions) + burn-in updates, untimed
         r.advance(cfg.warmup_steps // cfg.num_envs + args.burn_in)
     chunk = args.steps // args.rounds
@@ -123,6 +124,7 @@ def main() -> None:
     out = {
         "env": args.env, "algo": args.algo, "preset": args.preset, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "seeds": S,
+        "backend": args.backend, "cuda_graphs": args.cuda_graphs,
         "timed_steps_per_seed": chunk * args.rounds,
         "group_env_steps_per_s": steps / t_group, "singles_env_steps_per_s": steps / t_singles,
         "ratio": t_singles / t_group, "round_ratios": ratios,

@@ -296,12 +296,14 @@ def steps_algos(c: Ctx) -> list[Step]:
 
 
 def steps_seeds(c: Ctx) -> list[Step]:
-    """S = 8 seeds as one batched agent against 8 single-seed runs, same work, interleaved (bench/bench_seeds.py)."""
+    """S = 8 seeds as one batched agent against 8 single-seed runs, same work, interleaved (bench/bench_seeds.py),
+    on the path fastrsm-train takes on CUDA (PyTorch ops under CUDA graphs)."""
     if c.dry:
         where = ["--env", "Pendulum-v1", "--preset", "smoke", "--device", "cpu", "--seeds", "2", "--steps", "6",
                  "--rounds", "2", "--burn-in", "2", "--warmup-steps", "20"]
     else:
-        where = ["--env", "Ant-v4", "--preset", "paper", "--device", "cuda", "--backend", "triton", "--seeds", "8",
+        where = ["--env", "Ant-v4", "--preset", "paper", "--device", "cuda", "--backend", "torch", "--cuda-graphs",
+                 "--seeds", "8",
                  "--steps", "120", "--rounds", "2", "--burn-in", "10", "--warmup-steps", "300"]
     return [Step("seeds-8", [c.py, "bench/bench_seeds.py", *where, "--json", c.path("seeds", "seeds.json")])]
 
@@ -527,7 +529,8 @@ def environment(commit: str | None) -> dict[str, Any]:
     dirty = _cmd_out(["git", "status", "--porcelain", "--untracked-files=no"]) if git else None
     return {"nvidia_smi": smi.splitlines() if smi else None, "driver": smi.split(",")[1].strip() if smi else None,
             **torch_info, "versions": package_versions(),
-            "commit": git or commit, "commit_source": "git" if git else ("given" if commit else None),
+            # a given commit wins: the device machine's copy may carry a .git older than the tree it runs
+            "commit": commit or git, "commit_source": "given" if commit else ("git" if git else None), "git_head": git,
             "dirty": bool(dirty) if git else None, "host_cpus": os.cpu_count(),
             "cpu": _cmd_out(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"])}
 

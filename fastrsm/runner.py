@@ -55,8 +55,8 @@ PACE_UPDATES = (100, 400)  # the pace is measured between these update counts (a
 
 
 def make_learner(agent: Agent, backend: str, cuda_graphs: bool = False, num_envs: int = 1) -> Learner:
-    """The learner of a resolved `backend`: compiled for 'compile', CUDA-graphed on CUDA when `cuda_graphs`
-    (experimental: never yet run on a GPU), else eager."""
+    """The learner of a resolved `backend`: compiled for 'compile', CUDA-graphed on CUDA when `cuda_graphs`,
+    else eager."""
     if backend == "compile":
         return CompiledLearner(agent)
     if cuda_graphs and agent.device.type == "cuda":
@@ -255,9 +255,6 @@ given that the algorithm does not read, recorded in config.json."""
     enable_nvtx(device)
     backend = resolve_backend(cfg.backend, device)
     ops = make_ops(backend, device, cfg.chain_precision, cfg.chain_noise)
-    if device.type == "cuda" and (backend == "triton" or cfg.cuda_graphs):
-        print("fastrsm-train: experimental: the Triton kernels and CUDA graphs have not yet passed the GPU suite "
-              "on a GPU; --backend torch --cuda-graphs false is the tested path", file=sys.stderr)
 
     envs = _make_envs(sd, 0)
     agent = _build_agent(cfg, sd, envs.obs_dim, envs.act_dim, device, ops)

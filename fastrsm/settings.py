@@ -102,9 +102,10 @@ class Config:
     device: str = "auto"
     backend: str = "auto"
     torch_threads: int = 0  # CPU threads for torch; 0 = torch's default. Small nets run fastest on 1.
-    # capture acting and the update step in CUDA graphs (CUDA only; not with compile); experimental until the GPU
-    # suite has passed on a GPU, so opt-in
-    cuda_graphs: bool = False
+    # capture acting and the update step in CUDA graphs (CUDA only; ignored on a CPU and under compile). On by
+    # default: on an H200 (GPU suite, 2026-12-04) it made the DPMD paper-preset update 4.1x faster than eager and
+    # matched eager to 1e-6 in the -m gpu tests
+    cuda_graphs: bool = True
     env_backend: str = "auto"  # auto = EnvPool where it has the id, else gymnasium
     chain_noise: str = "torch"  # triton backend: 'kernel' draws the chain's noise in-kernel (Philox)
     chain_precision: str = "fp32"  # triton backend: fp32, or tf32 / bf16 matmul operands (GPU)

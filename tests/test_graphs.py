@@ -22,6 +22,7 @@ from fastrsm.config import make_config
 from fastrsm.graphs import GraphedLearner
 from fastrsm.learner import Learner
 from fastrsm.replay import ReplayBuffer
+from fastrsm.seeds import SeedReplay
 from fastrsm.utils import seed_everything
 
 ALGOS = ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo"]
@@ -337,3 +338,53 @@ def test_bench_gpu_smoke(tmp_path):
         assert rows[name]["update_ms"] > 0 and rows[name]["peak_mem_mb"] > 0
     assert rows["graphs"]["graphs_captured"] >= 3
     assert code == 0 or rows["compile"]["status"].startswith("error")
+
+
+def _seed_group(algo: str, device: str, seeds: int = 3):
+    """A `seeds`-seed agent and its replay (rows differ per seed), as a `--seeds` run holds them."""
+    cfg = tiny_cfg(algo, device, hidden=32)
+    seed_everything(0)
+    agent = make_agent(algo, S, A, cfg, torch.device(device), make_ops("torch", device), seeds=seeds)
+    rng = np.random.default_rng(0)
+    rb = SeedReplay(seeds, 128, S, A, device, 16)
+    rows = seeds * 64
+    rb.add(rng.standard_normal((rows, S)), rng.uniform(-1, 1, (rows, A)), rng.standard_normal(rows),
+           rng.standard_normal((rows, S)), rng.random(rows) < 0.1)
+    return agent, rb
+
+
+def _check_seed_group(algo: str, device: str, emulate: bool) -> None:
+    plain, rb = _seed_group(algo, device)
+    graphed, _ = _seed_group(algo, device)
+    fast = GraphedLearner(graphed, E, enabled=True, emulate=emulate)
+    assert fast.mode == ("emulate" if emulate else "cuda")
+
+    def run(update) -> list[dict[str, list[float]]]:  # metrics are per seed here
+        torch.manual_seed(1)
+        return [{k: torch.as_tensor(v).flatten().tolist() for k, v in update().items()} for _ in range(9)]
+
+    m_plain, m_fast = run(lambda: Learner(plain).update(rb)), run(lambda: fast.update(rb))
+    assert fast.captures == N_SHAPES[algo]
+    assert_same_state(plain, graphed, atol=1e-6, rtol=1e-5)
+    for mp, mf in zip(m_plain, m_fast):
+        assert mp.keys() == mf.keys()
+        np.testing.assert_allclose([mf[k] for k in mp], [mp[k] for k in mp], rtol=1e-5, atol=1e-6)
+    obs = torch.randn(3, E, S, device=device)
+    torch.manual_seed(7)
+    ref = plain.act(obs, True)
+    torch.manual_seed(7)
+    torch.testing.assert_close(fast.act(obs, True), ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["dpmd", "sac", "td3"])
+def test_emulated_seed_group_matches_eager(algo):
+    """The capture bookkeeping with a seed axis (a --seeds group), on the CPU."""
+    _check_seed_group(algo, "cpu", emulate=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("algo", ["dpmd", "sac", "td3"])
+def test_graphed_seed_group_matches_eager_gpu(algo):
+    """A --seeds group under CUDA graphs (the default on CUDA) is the eager group: same state after every update
+    shape has been captured and replayed, and acting replays too."""
+    _check_seed_group(algo, "cuda", emulate=False)
