@@ -30,7 +30,7 @@ def build(algo: str, seeds: int | None = None):
 
 # dacer2: the chain backward and the GMM α step; seeds: the seed-stacked agent a --seeds group compiles
 @pytest.mark.parametrize("algo,seeds", [("dpmd", None), ("sdac", None), ("sac", None), ("dacer2", None), ("td3", None),
-                                        ("qsm", None), ("qvpo", None), ("dpmd", 2)])
+                                        ("qsm", None), ("qvpo", None), ("dpmd2", None), ("dpmd", 2)])
 def test_compiled_act_and_update_equal_eager(algo, seeds):
     import torch._inductor.config as inductor
 
@@ -70,7 +70,7 @@ def _compare(algo: str, seeds: int | None) -> None:
 
 
 @pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"), reason="torch < 2.12 breaks at backward")
-@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac", "dacer", "dacer2", "td3", "qsm", "qvpo"])
+@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac", "dacer", "dacer2", "td3", "qsm", "qvpo", "dpmd2"])
 def test_every_update_is_one_graph(algo):
     """backward, the optimiser steps and the target/EMA updates trace into one graph per update: a graph break
     (Optimizer.step or zero_grad back in an agent, a requires_grad toggled on the critic) costs its per-graph

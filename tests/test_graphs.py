@@ -25,11 +25,11 @@ from fastrsm.replay import ReplayBuffer
 from fastrsm.seeds import SeedReplay
 from fastrsm.utils import seed_everything
 
-ALGOS = ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo"]
+ALGOS = ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo", "dpmd2"]
 ALL_PARTS = [("critic",), ("critic", "policy"), ("critic", "policy", "alpha")]
 # distinct update shapes each algorithm's schedule takes at the tiny config (one graph each): SAC and TD3 have a
 # policy delay and no separate α clock (SAC's α steps with the policy); QSM and QVPO update everything every time
-N_SHAPES = {"dpmd": 3, "sdac": 3, "sac": 2, "td3": 2, "qsm": 1, "qvpo": 1}
+N_SHAPES = {"dpmd": 3, "sdac": 3, "sac": 2, "td3": 2, "qsm": 1, "qvpo": 1, "dpmd2": 3}
 DETERMINISTIC_EVAL = {"sac", "td3"}  # their evaluation action draws no noise
 S, A, E = 5, 2, 3  # obs dim, action dim, envs
 

@@ -104,7 +104,8 @@ def _assert_tree_close(got, want, exact: bool = False, path: str = ""):
 
 
 CASES = [("dpmd", {}), ("dpmd", {"dpmd_weights": "softmax"}), ("dpmd", {"dpmd_weights": "advantage"}), ("sdac", {}),
-         ("sac", {}), ("td3", {}), ("qsm", {}), ("qvpo", {})]
+         ("sac", {}), ("td3", {}), ("qsm", {}), ("qvpo", {}), ("dpmd2", {}),
+         ("dpmd2", {"dpmd2_weights": "relu_square"}), ("dpmd2", {"dpmd2_weights": "lse"})]
 # the triton backend under the interpreter (tests/conftest.py); SAC and TD3 have no fused kernel
 BACKEND_CASES = [("torch", a, o) for a, o in CASES] + [
     ("triton", a, o) for a, o in CASES if a not in ("sac", "td3", "qsm", "qvpo")] + [

@@ -10,13 +10,14 @@ from .base import Agent, Parts
 from .dacer import DACER
 from .dacer2 import DACER2
 from .dpmd import DPMD
+from .dpmd2 import DPMD2
 from .qsm import QSM
 from .qvpo import QVPO
 from .sac import SAC
 from .sdac import SDAC
 from .td3 import TD3
 
-AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC, DACER, DACER2, TD3, QSM, QVPO)}
+AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC, DACER, DACER2, TD3, QSM, QVPO, DPMD2)}
 for _cls in AGENTS.values():  # each algorithm's own settings become part of Config
     register_settings(_cls.Settings, _cls.algo)
 
@@ -41,5 +42,5 @@ def make_agent(algo: str, obs_dim: int, act_dim: int, cfg: Config, device: torch
     return AGENTS[algo](obs_dim, act_dim, cfg, device, ops, seeds=seeds)
 
 
-__all__ = ["AGENTS", "Agent", "DACER", "DACER2", "DPMD", "Parts", "QSM", "QVPO", "SAC", "SDAC", "TD3", "check_algo",
-           "make_agent"]
+__all__ = ["AGENTS", "Agent", "DACER", "DACER2", "DPMD", "DPMD2", "Parts", "QSM", "QVPO", "SAC", "SDAC", "TD3",
+           "check_algo", "make_agent"]
