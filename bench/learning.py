@@ -43,20 +43,36 @@ from fastrsm.seeds import parse_seeds
 from fastrsm.utils import UsageError, atomic_write_text
 
 PROG = "learning.py"
-SEEDS = (0, 1, 2, 3)
+# The fresh-seed protocol: a recipe is chosen on the tuning seeds and judged on fresh ones it was never tuned on;
+# the report labels every figure with the seeds it comes from. Every result before 2026-12-04 is a tuning-seed one.
+TUNING_SEEDS = (0, 1, 2, 3)
+FRESH_SEEDS = (4, 5, 6, 7)
+SEEDS = TUNING_SEEDS
 PRESET = "small"
 # Budgets: IDP is solved (≈ 9.3k) by SAC at UTD 1 within a few 10k steps; Hopper's budget is what the 2-core CPU
 # affords (a DPMD group of 4 seeds runs ≈ 10 env steps/s there; bench/LEARNING.md has the measured figures).
 TASKS: dict[str, dict[str, int]] = {
     "InvertedDoublePendulum-v4": dict(total_steps=30_000, eval_every=2_500),
     "Hopper-v4": dict(total_steps=100_000, eval_every=5_000),
+    "Walker2d-v4": dict(total_steps=100_000, eval_every=5_000),
+    "HalfCheetah-v4": dict(total_steps=100_000, eval_every=5_000),
 }
 ALGOS = ("dpmd", "sdac", "sac")
 DACER_ALGOS = ("dacer", "dacer2")  # on InvertedDoublePendulum only (--with-dacer)
-BEST_OF_N_ALGOS = ("dpmd", "sdac")  # act with the best of N chain samples; the others act with one action
+BEST_OF_N_ALGOS = ("dpmd", "dpmd2", "sdac")  # act with the best of N chain samples; the others act with one action
 TINY = dict(total_steps=300, warmup_steps=150, eval_every=150, checkpoint_every=150, eval_episodes=2, log_every=150,
             buffer_size=1000)
 TINY_REEVAL_EPISODES = 2
+
+
+def seed_label(seeds: list[int]) -> str:
+    """Which side of the fresh-seed protocol a group's seeds are on: `tuning` (recipes were chosen on them),
+    `fresh` (never used to choose anything) or `mixed`."""
+    if all(s in TUNING_SEEDS for s in seeds):
+        return "tuning"
+    if not any(s in TUNING_SEEDS for s in seeds):
+        return "fresh"
+    return "mixed"
 
 
 def make_trials(algos: list[str], tasks: list[str], with_dacer: bool, tiny: bool, steps: int | None = None,
@@ -188,8 +204,10 @@ def report(trials: list[sw.Trial], out: Path, tiny: bool, png: Path) -> str:
         groups.setdefault((t.env, t.algo), []).append(t)
     for (env, algo), ts in groups.items():
         budget = ts[0].settings["total_steps"]
+        seeds = sorted(s for t in ts for s in t.seeds)
+        label = f"{seed_label(seeds)}: {', '.join(map(str, seeds))}"
         if not any((out / t.run_dir).exists() for t in ts):
-            rows.append(f"| {env} | {algo} | – | {budget} | not started | | | | | |")
+            rows.append(f"| {env} | {algo} | 0 ({label}) | {budget} | not started | | | | | |")
             continue
         done = all(sw.done_status(t, str(out)) for t in ts)
         best, final, full, alone, steps = [], [], [], [], []
@@ -217,12 +235,14 @@ def report(trials: list[sw.Trial], out: Path, tiny: bool, png: Path) -> str:
             sps = summaries[0].get("aggregate_steps_per_s") if done and summaries else None
         state = summaries[0].get("status", "running") if done else f"at {min(steps, default=0)} steps"
         n1 = _fmt(alone) if algo in BEST_OF_N_ALGOS else ("n/a" if algo == "sac" else "= best-of-N column")
-        rows.append(f"| {env} | {algo} | {len(best)} | {budget} ({state}) | {_fmt(best)} | {_fmt(final)} | "
+        rows.append(f"| {env} | {algo} | {len(best)} ({label}) | {budget} ({state}) | {_fmt(best)} | {_fmt(final)} | "
                     f"{_fmt(full)} | {n1} | {_duration(wall)} | {f'{sps:.1f}' if sps else '–'} |")
     if runs:
         save_plot(runs, png)
     text = "\n".join(rows) + (
-        "\n\nbest eval: per seed the best evaluation average over the run (the paper's statistic), mean ± std over "
+        "\n\nseeds: `tuning` seeds (0–3) are those recipes were chosen on; `fresh` seeds (4–7) were never used to "
+        "choose anything, so only their figures judge a recipe. "
+        "best eval: per seed the best evaluation average over the run (the paper's statistic), mean ± std over "
         "seeds (ddof 0); final eval: the last evaluation; re-eval: the best checkpoint evaluated again through "
         "fastrsm.evaluate_policy on the same episodes, with the run's best-of-N and with N = 1 (the diffusion policy "
         "alone; SAC acts with its mean, DACER and DACER2 with one chain sample, so their N = 1 is the best-of-N "
@@ -247,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None,
                    help="env steps of every task (default: each task's budget); an existing run, finished or not, "
                    "is resumed to this many")
-    p.add_argument("--seeds", default=None, help="seeds, e.g. 0,1 or 0-3 (default: 0,1,2,3; --tiny: 0,1)")
+    p.add_argument("--seeds", default=None, help="seeds, e.g. 0,1 or 0-3 (default: the tuning seeds 0,1,2,3; --tiny: "
+                   "0,1)")
+    p.add_argument("--fresh", action="store_true",
+                   help="the fresh seeds 4,5,6,7: judge a recipe chosen on the tuning seeds (the report labels both)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every run on top of the preset (a variant campaign: give it its own --out)")
     p.add_argument("--doc", default=None, metavar="FILE",
@@ -267,7 +290,9 @@ def campaign(args: argparse.Namespace, argv: list[str]) -> int:
     out = Path(args.out)
     if args.keep and Path(args.keep).resolve() == out.resolve():
         raise UsageError("--keep must name another folder than --out")
-    seeds = parse_seeds(args.seeds) if args.seeds else None
+    if args.fresh and args.seeds:
+        raise UsageError("--fresh is the seeds 4,5,6,7: give it or --seeds, not both")
+    seeds = list(FRESH_SEEDS) if args.fresh else (parse_seeds(args.seeds) if args.seeds else None)
     trials = make_trials(algos, tasks, args.with_dacer, args.tiny, args.steps, seeds, overrides)
     code = 0
     if not args.report_only:

@@ -79,7 +79,7 @@ def test_campaign_stops_resumes_and_reports(tmp_path: Path) -> None:
     dpmd_row = next(line for line in table.splitlines() if f"| {ENV} | dpmd |" in line)
     sac_row = next(line for line in table.splitlines() if f"| {ENV} | sac |" in line)
     cells = [c.strip() for c in dpmd_row.strip("|").split("|")]
-    assert cells[2] == "2" and "finished" in cells[3]
+    assert cells[2] == "2 (tuning: 0, 1)" and "finished" in cells[3]
     assert "±" in cells[7], dpmd_row  # the N = 1 re-evaluation
     assert "n/a" in sac_row
     for s in (0, 1):
@@ -94,7 +94,7 @@ def test_campaign_stops_resumes_and_reports(tmp_path: Path) -> None:
         assert _eval_steps(out / f"{ENV}__dacer2__seed{s}") == [150, 300]
     row = next(line for line in (out / "report.md").read_text().splitlines() if f"| {ENV} | dacer2 |" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2] == "2" and "finished" in cells[3] and "±" in cells[6], row
+    assert cells[2] == "2 (tuning: 0, 1)" and "finished" in cells[3] and "±" in cells[6], row
     report = (out / "report.md").read_text()  # the per-seed table has a row per seed
     assert "evaluation return per seed" in report
     assert all(f"| dacer2 | {s} |" in report for s in (0, 1)), report[-2000:]
@@ -110,6 +110,20 @@ def test_campaign_stops_resumes_and_reports(tmp_path: Path) -> None:
     log = p.communicate(timeout=300)[0]
     assert p.returncode == 0, log[-2000:]
     assert (kept / "report.md").read_text() == (out / "report.md").read_text()
+
+
+def test_fresh_seed_protocol_labels_and_refuses_mixing_flags(tmp_path: Path, import_bench) -> None:
+    lr = import_bench("learning")
+    assert lr.seed_label([0, 1, 2, 3]) == "tuning" and lr.seed_label([4, 5, 6, 7]) == "fresh"
+    assert lr.seed_label([3, 4]) == "mixed"
+    assert set(lr.FRESH_SEEDS).isdisjoint(lr.TUNING_SEEDS)
+    assert {"Walker2d-v4", "HalfCheetah-v4", "Hopper-v4"} <= set(lr.TASKS)
+    # --fresh is seeds 4-7 for every trial; with --seeds as well it is a one-line usage error
+    assert lr.main(["--out", str(tmp_path / "x"), "--fresh", "--seeds", "4", "--report-only"]) == 2
+    assert lr.main(["--out", str(tmp_path / "y"), "--fresh", "--algos", "dpmd2", "--tasks", "Walker2d-v4",
+                    "--report-only"]) == 0
+    row = next(line for line in (tmp_path / "y" / "report.md").read_text().splitlines() if "| dpmd2 |" in line)
+    assert "not started" in row and "(fresh: 4, 5, 6, 7)" in row
 
 
 def test_single_seed_algorithms_get_one_run_per_seed(tmp_path: Path, import_bench) -> None:
