@@ -46,7 +46,7 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("setup", "tests", "kernels", "bench", "algos", "seeds", "train", "jax")
 # Seconds per part on the GPU machine: they add up to under 6 minutes, so a second call (say `--only kernels
-# --limit kernels=300` for the torch.compile chunks) fits in the same 15-minute device session.
+# --limit kernels=300` for the torch.compile chunks) fits in the same 15 minutes of device time.
 GPU_LIMITS = {"setup": 60, "tests": 75, "kernels": 110, "bench": 130, "algos": 50, "seeds": 50, "train": 70,
               "jax": 0}
 DRY_LIMITS = {"setup": 30, "tests": 60, "kernels": 30, "bench": 60, "algos": 60, "seeds": 60, "train": 40, "jax": 0}
