@@ -10,8 +10,10 @@ Two settings shape the triton chain only:
   Philox from a seed taken from torch's generator (reproducible for a seed, a different stream from torch's,
   and on a GPU it never materialises the [T, B·N, A] noise tensor). The kernel draws x_T ~ 0.5·N(0, I); a
   sampler asking for another x_T scale gets its x_T from torch and only the step noise from the kernel.
-- `chain_precision`: 'fp32' (exact products), 'tf32' or 'bf16' matmul operands (GPU only; accumulation and the
-  chain state stay fp32).
+- `chain_precision`: 'fp32' (exact products), 'tf32' or 'bf16' matmul operands (accumulation and the chain
+  state stay fp32). Triton: tf32 and bf16 on a GPU. torch and compile: bf16 in the no-autograd chains (acting,
+  the bootstrap's candidates, particle draws) on a CPU with native bf16 or on CUDA; tf32 is the triton
+  backend's alone.
 
 Triton is imported only when the triton backend is chosen, so the library imports where it is absent.
 """
@@ -22,6 +24,7 @@ import importlib.util
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
@@ -86,12 +89,26 @@ def check_chain_options(backend: str, device: torch.device | str, chain_noise: s
     if chain_precision not in CHAIN_PRECISIONS:
         raise BackendError(f"unknown chain-precision {chain_precision!r}; choose one of "
                            f"{', '.join(CHAIN_PRECISIONS)}")
-    if backend != "triton" and (chain_noise != "torch" or chain_precision != "fp32"):
+    if backend != "triton" and (chain_noise != "torch" or chain_precision == "tf32"):
         raise BackendError(f"--chain-noise {chain_noise} / --chain-precision {chain_precision} need the triton "
                            f"backend (this run resolves to {backend!r}); the other backends draw their noise with "
-                           "torch and compute in fp32")
-    if chain_precision == "bf16" and torch.device(device).type != "cuda":
-        raise BackendError("--chain-precision bf16 needs CUDA (the Triton interpreter has no bf16 matmul)")
+                           "torch and compute in fp32 or bf16")
+    dev = torch.device(device)
+    if chain_precision == "bf16" and backend == "triton" and dev.type != "cuda":
+        raise BackendError("--chain-precision bf16 with the triton backend needs CUDA (the Triton interpreter has "
+                           "no bf16 matmul); on a CPU the torch and compile backends run bf16 chains")
+    if chain_precision == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
+        raise BackendError("--chain-precision bf16 needs a CPU with bf16 matmul support (AVX-512 BF16 or AMX); "
+                           "this one has none: use fp32")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (oneDNN's AVX-512 BF16 / AMX paths); without it bf16 is slower
+    than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -156,10 +173,12 @@ def make_ops(backend: str, device: torch.device | str, chain_precision: str = "f
     if name in ("torch", "compile"):
         # compiled: the step loop only; sample_chain draws outside it, so compiled and eager runs consume the
         # same random numbers (inductor would otherwise draw its own)
-        chain, sample = _torch_chain(torch.compile(run_chain) if name == "compile" else run_chain)
+        run = partial(run_chain, precision=chain_precision) if chain_precision != "fp32" else run_chain
+        chain, sample = _torch_chain(torch.compile(run) if name == "compile" else run)
         if name == "torch":
-            return Ops(name, chain, sample, weighted_sm_loss, best_of_n_reference)
-        return Ops(name, chain, sample, torch.compile(weighted_sm_loss), torch.compile(best_of_n_reference))
+            return Ops(name, chain, sample, weighted_sm_loss, best_of_n_reference, chain_precision=chain_precision)
+        return Ops(name, chain, sample, torch.compile(weighted_sm_loss), torch.compile(best_of_n_reference),
+                   chain_precision=chain_precision)
     # triton: imported here, not at the top, so the library works without it
     from .kernels import fused_best_of_n, fused_chain, fused_weighted_sm_loss
 

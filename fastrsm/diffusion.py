@@ -208,7 +208,7 @@ def sample_chain(eps_net: nn.Module, sched: Schedule, s: torch.Tensor, x_T: torc
 
 
 def run_chain(eps_net: nn.Module, sched: Schedule, s: torch.Tensor, x_T: torch.Tensor, noise: torch.Tensor,
-              return_steps: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+              return_steps: bool = False, precision: str = "fp32") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`reverse_chain` on given inputs, in the caller's autograd mode: the step loop of `sample_chain`.
 
     For an EpsilonNet the step-invariant work is hoisted out of the loop (the factoring of the fused Triton
@@ -216,8 +216,14 @@ def run_chain(eps_net: nn.Module, sched: Schedule, s: torch.Tensor, x_T: torch.T
     embedding (sinusoid and its MLP) and W_e·emb_t once per step, not once per row; no concatenation. Each step
     then runs W_a·a_t, the hidden layers and the posterior update. Equal to `reverse_chain` up to float
     reassociation, forward and backward (tests/test_factored_chain.py). Any other network is called as
-    `reverse_chain` calls it, eps_net(a_t, s, t)."""
-    eps = _factored_eps(eps_net, sched.T, s, x_T) if isinstance(eps_net, EpsilonNet) else _plain_eps(eps_net, s, x_T)
+    `reverse_chain` calls it, eps_net(a_t, s, t).
+
+    precision 'bf16' (an EpsilonNet, without autograd only): the per-step matmuls take bf16 operands (on a CPU
+    with AVX-512 BF16 or AMX, oneDNN accumulates in fp32); their results, the state and time parts, the Mish
+    activations and the chain state x stay fp32. With autograd on (DACER's chain gradient) it runs in fp32."""
+    low = torch.bfloat16 if precision == "bf16" and not torch.is_grad_enabled() else None
+    eps = (_factored_eps(eps_net, sched.T, s, x_T, low) if isinstance(eps_net, EpsilonNet)
+           else _plain_eps(eps_net, s, x_T))
     x, steps = x_T, []
     for i in reversed(range(sched.T)):
         steps.append(x)
@@ -233,10 +239,10 @@ def _rows_per_state(s: torch.Tensor, x_T: torch.Tensor) -> int:
     return M // B
 
 
-def _factored_eps(eps_net: EpsilonNet, T: int, s: torch.Tensor, x_T: torch.Tensor
-                  ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+def _factored_eps(eps_net: EpsilonNet, T: int, s: torch.Tensor, x_T: torch.Tensor,
+                  low: torch.dtype | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """ε̂(x, i) of every chain row at step index i, with the state and time parts of the first layer computed
-    here, once for all steps."""
+    here, once for all steps. `low` (bf16): the dtype of the per-step matmuls' operands (weights cast once)."""
     W_s, W_a, W_e, b = eps_net.first_layer_parts()
     N, lead = _rows_per_state(s, x_T), s.shape[:-2]  # lead: () or (seeds,)
     B, M, A = s.shape[-2], x_T.shape[-2], x_T.shape[-1]
@@ -247,6 +253,9 @@ def _factored_eps(eps_net: EpsilonNet, T: int, s: torch.Tensor, x_T: torch.Tenso
     s_proj = (torch.matmul(s, W_s.transpose(-1, -2)) + b.unsqueeze(-2)).unsqueeze(-2)  # [(S,) B, 1, H]
     W_aT = W_a.transpose(-1, -2)
     hidden = eps_net.hidden_linears()
+    if low is not None:
+        return _low_precision_eps(W_aT.to(low), [(lin.weight.transpose(-1, -2).to(low), lin.bias.unsqueeze(-2))
+                                                  for lin in hidden], s_proj, e, lead, B, N, M, A)
 
     def eps(x: torch.Tensor, i: int) -> torch.Tensor:
         e_i = e[..., i, :].unsqueeze(-2).unsqueeze(-2)  # [(S,) 1, 1, H]
@@ -254,6 +263,24 @@ def _factored_eps(eps_net: EpsilonNet, T: int, s: torch.Tensor, x_T: torch.Tenso
         for lin in hidden:
             h = lin(mish(h))
         return h.reshape(*lead, M, A)
+
+    return eps
+
+
+def _low_precision_eps(W_aT: torch.Tensor, hidden: list[tuple[torch.Tensor, torch.Tensor]], s_proj: torch.Tensor,
+                       e: torch.Tensor, lead: tuple[int, ...], B: int, N: int, M: int, A: int
+                       ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """`_factored_eps`'s step with the matmul operands in W_aT's dtype and everything between them in fp32.
+    The rows stay flat [(S,) M, H] between layers: one 2-D (or seed-batched) matmul per layer."""
+    low = W_aT.dtype
+
+    def eps(x: torch.Tensor, i: int) -> torch.Tensor:
+        e_i = e[..., i, :].unsqueeze(-2).unsqueeze(-2)  # [(S,) 1, 1, H]
+        h = torch.matmul(x.to(low), W_aT).float().reshape(*lead, B, N, -1) + s_proj + e_i
+        h = h.reshape(*lead, M, -1)
+        for wT, b in hidden:
+            h = torch.matmul(mish(h).to(low), wT).float() + b
+        return h
 
     return eps
 

@@ -108,7 +108,7 @@ class Config:
     cuda_graphs: bool = True
     env_backend: str = "auto"  # auto = EnvPool where it has the id, else gymnasium
     chain_noise: str = "torch"  # triton backend: 'kernel' draws the chain's noise in-kernel (Philox)
-    chain_precision: str = "fp32"  # triton backend: fp32, or tf32 / bf16 matmul operands (GPU)
+    chain_precision: str = "fp32"  # bf16: matmul operands of the no-grad chains (CPU with bf16, CUDA); tf32: triton
     # --- evaluation ---
     eval_every: int = 50_000
     eval_episodes: int = 20
