@@ -43,6 +43,7 @@ setup(
             "fastrsm-plot=fastrsm.plot:main",
             "fastrsm-bench=fastrsm.bench:main",
             "fastrsm-sweep=fastrsm.sweep:main",
+            "fastrsm-paper=fastrsm.paper:main",
         ]
     },
 )
