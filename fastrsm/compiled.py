@@ -78,10 +78,10 @@ class CompiledLearner(Learner):
         and the RNG exactly as found, so no compilation lands in a timed stretch."""
         from .graphs import Snapshot  # the same in-place snapshot the CUDA-graph warm-up uses
 
-        snapshot = Snapshot(self.agent)
+        snapshot = Snapshot(self.agent, replay)
         try:
             for parts in self.agent.reachable_parts():
-                self._timed(("update", parts), self._update_fn(parts), replay.sample())
+                self._timed(("update", parts), self._update_fn(parts), self.agent.draw_batch(replay))
             if obs is not None:
                 self.act(obs, explore=True)
         finally:
@@ -110,4 +110,4 @@ class CompiledLearner(Learner):
         return fn
 
     def _run(self, parts: Parts, replay: Any) -> Metrics:
-        return self._timed(("update", parts), self._update_fn(parts), replay.sample())
+        return self._timed(("update", parts), self._update_fn(parts), self.agent.draw_batch(replay))

@@ -58,9 +58,10 @@ def _clone_tree(x: Any) -> Any:
 
 class Snapshot:
     """Everything an update mutates, cloned; `restore` writes it back *in place*, so tensors that graphs
-    captured keep their addresses."""
+    captured keep their addresses. With `replay`, also what the agent's update writes there
+    (`Agent.written_in_replay`: DIPO's moved actions)."""
 
-    def __init__(self, agent: Agent):
+    def __init__(self, agent: Agent, replay: Any = None):
         self.modules = _clone_tree(agent.state_dict())
         self.extra = _clone_tree(agent.extra_state())
         self.optimizers = {name: ({p: _clone_tree(st) for p, st in o.state.items()},
@@ -70,6 +71,8 @@ class Snapshot:
         self.cuda_device = agent.device if agent.device.type == "cuda" else None
         self.rng_cpu = torch.get_rng_state()
         self.rng_cuda = torch.cuda.get_rng_state(self.cuda_device) if self.cuda_device is not None else None
+        written = agent.written_in_replay(replay) if replay is not None else []
+        self.replay = [(t, t.detach().clone()) for t in written]
 
     @torch.no_grad()
     def restore(self, agent: Agent) -> None:
@@ -97,6 +100,8 @@ class Snapshot:
                 else:
                     g["lr"] = lr
         agent.updates, agent.policy_updates = self.counters
+        for t, saved in self.replay:
+            t.copy_(saved)
         torch.set_rng_state(self.rng_cpu)
         if self.cuda_device is not None:
             torch.cuda.set_rng_state(self.rng_cuda, self.cuda_device)
@@ -221,11 +226,13 @@ class GraphedLearner(Learner):
     def _capture_update(self, replay: Sampler, parts: Parts) -> _Captured:
         if len(replay) == 0:
             raise RuntimeError("cannot capture an update on an empty replay buffer: add transitions first")
-        return self._capture(lambda: self.agent.update_step(replay.sample(), parts), f"update{parts}")
+        return self._capture(lambda: self.agent.update_step(self.agent.draw_batch(replay), parts), f"update{parts}",
+                             replay)
 
-    def _capture(self, fn: Callable[[], Any], what: str) -> _Captured:
-        """Warm up `fn`, capture it, and leave the agent (and the RNG) exactly as found."""
-        snapshot = Snapshot(self.agent)
+    def _capture(self, fn: Callable[[], Any], what: str, replay: Any = None) -> _Captured:
+        """Warm up `fn`, capture it, and leave the agent (and the RNG, and what it writes in `replay`) exactly as
+        found."""
+        snapshot = Snapshot(self.agent, replay)
         self.captures += 1
         try:
             if self.mode == "emulate":

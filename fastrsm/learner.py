@@ -4,7 +4,8 @@ one place (`Learner.update`).
 
 An update is: ask the agent which parts come next (`Agent.next_parts`, from its host-side counters), write the
 host-side schedules (learning rates) in place (`Agent.schedule`), run the parts on a batch sampled from the replay
-(`_run`: the only thing the compiled and graphed forms replace), then count the update (`Agent.advance`). LeanRL's
+(`_run`: the only thing the compiled and graphed forms replace; the batch is drawn by `Agent.draw_batch`), then
+count the update (`Agent.advance`). LeanRL's
 split is the model: the host keeps the schedule, the device runs static-shape parts.
 
 The loop calls `act(obs, explore)` and `update(replay)`; everything else (counters, checkpoints, α) is the
@@ -30,7 +31,7 @@ class Sampler(Protocol):
 
 
 class Learner:
-    """The eager form: `act` is the agent's, `update` runs `agent.update_step` on `replay.sample()`."""
+    """The eager form: `act` is the agent's, `update` runs `agent.update_step` on `agent.draw_batch(replay)`."""
 
     compile_seconds = 0.0  # start-up spent compiling (fastrsm.compiled); none here
 
@@ -53,7 +54,7 @@ class Learner:
         return metrics
 
     def _run(self, parts: Parts, replay: Sampler) -> Metrics:
-        return self.agent.update_step(replay.sample(), parts)
+        return self.agent.update_step(self.agent.draw_batch(replay), parts)
 
     def capture(self, replay: Sampler, obs: torch.Tensor | None = None) -> None:
         """Prepare every update the schedule can reach (and act for `obs`) before a timed stretch; eager: nothing

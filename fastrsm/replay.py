@@ -4,6 +4,11 @@ Storage is preallocated on the training device, so a sample is a gather on the d
 static output shape, draws its indices on the device from the global torch RNG and reads the fill level
 from a device tensor that `add()` updates in place: nothing in it touches the host, so it can be captured
 inside a CUDA graph together with the update it feeds (docs/design.md, "LeanRL").
+
+An agent whose update rewrites stored actions (DIPO moves them along ∇_a Q) draws with `sample_rows()`: the batch
+then also carries its row numbers and the replay's writable copy of the action column, which the agent writes back
+into (`RowBatch.write`). The copy is made on the first such draw; the `action` column itself, which the critics
+learn from, always holds the action taken.
 """
 
 from __future__ import annotations
@@ -23,6 +28,30 @@ class Batch(NamedTuple):
 
 
 _FIELDS = Batch._fields
+
+
+class RowBatch(NamedTuple):
+    """A Batch (the same five fields, so that code reading a Batch reads it) that also says where its rows are, for
+    an update that writes into the replay: `store` is the replay's writable action copy, flat ([capacity, A], or
+    [S·capacity, A] for fastrsm.seeds.SeedReplay), and `rows` [(S,) B] index it."""
+
+    obs: torch.Tensor
+    action: torch.Tensor  # the action taken, as in a Batch
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+    rows: torch.Tensor  # [(S,) B] row numbers into `store`
+    store: torch.Tensor  # [rows in all, A] the writable copy (a view of the replay's, not a copy)
+
+    def kept(self) -> torch.Tensor:
+        """The writable copy at the batch's rows, [(S,) B, A]."""
+        return self.store[self.rows]
+
+    def write(self, values: torch.Tensor) -> None:
+        """Write `values` [(S,) B, A] into the replay's copy at the batch's rows, in place (traceable, and captured
+        by a CUDA graph as a device op). A row drawn twice gets the same value twice (up to rounding): both draws
+        started from the same stored action and state."""
+        self.store.index_copy_(0, self.rows.reshape(-1), values.reshape(-1, values.shape[-1]))
 
 
 class ReplayBuffer:
@@ -51,6 +80,7 @@ class ReplayBuffer:
         self._rand_dtype = torch.float32 if capacity <= 2**24 else torch.float64
         self._size_t = torch.zeros((), dtype=self._rand_dtype, device=self.device)
         self._last_t = torch.zeros((), dtype=torch.long, device=self.device)  # size - 1, an index clamp
+        self.writable_action: torch.Tensor | None = None  # made by writable_actions(), for agents that write
 
     def __len__(self) -> int:
         return self._size
@@ -85,8 +115,10 @@ class ReplayBuffer:
         parts = torch.split(data, self._splits, dim=1)
         # Contiguous slice copies, at most two when the ring wraps, rather than a scatter.
         first = min(n, self.capacity - self._ptr)
-        for name, part in zip(_FIELDS, parts):
-            dst = getattr(self, name)
+        columns = [(getattr(self, name), part) for name, part in zip(_FIELDS, parts)]
+        if self.writable_action is not None:  # a new row's writable copy starts as the action taken
+            columns.append((self.writable_action, parts[1]))
+        for dst, part in columns:
             part = part.reshape(n, *dst.shape[1:])
             dst[self._ptr:self._ptr + first] = part[:first]
             if first < n:
@@ -102,12 +134,29 @@ class ReplayBuffer:
 
     def sample(self) -> Batch:
         """`batch_size` transitions drawn uniformly, with replacement, from the filled rows."""
+        idx = self._draw()
+        return Batch(*(getattr(self, name)[idx] for name in _FIELDS))
+
+    def _draw(self) -> torch.Tensor:
         if self._size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer: add transitions first")
         u = torch.rand(self.batch_size, device=self.device, dtype=self._rand_dtype)
         # The clamp guards against a uniform draw that rounds to exactly 1.0.
-        idx = torch.minimum((u * self._size_t).long(), self._last_t)
-        return Batch(*(getattr(self, name)[idx] for name in _FIELDS))
+        return torch.minimum((u * self._size_t).long(), self._last_t)
+
+    def sample_rows(self) -> RowBatch:
+        """`sample()`'s draw (the same random numbers, the same rows) with its row numbers and the writable action
+        copy, for an update that writes moved actions back (`RowBatch.write`)."""
+        idx = self._draw()
+        return RowBatch(*(getattr(self, name)[idx] for name in _FIELDS), idx, self.writable_actions())
+
+    def writable_actions(self) -> torch.Tensor:
+        """The writable copy of the action column, [capacity, A]: made on first use from the actions stored so far
+        (until then nothing has written, so they are its value); from then on add() stores each new action in it
+        too and state_dict() saves it. Its storage never moves, so a captured graph may hold it."""
+        if self.writable_action is None:
+            self.writable_action = self.action.clone()
+        return self.writable_action
 
     def state_dict(self) -> dict[str, Any]:
         """The filled rows only (a young buffer makes a small checkpoint), as they are: on the buffer's device
@@ -119,14 +168,30 @@ class ReplayBuffer:
         }
         for name in _FIELDS:
             state[name] = saved_rows(getattr(self, name), self._size)
+        if self.writable_action is not None:
+            state[WRITABLE] = saved_rows(self.writable_action, self._size)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         size, ptr = check_replay_state(state, self.capacity, self.obs_dim, self.act_dim)
         for name in _FIELDS:
             getattr(self, name)[:size] = state[name].to(self.device)
+        load_writable(self, state, slice(None), size)
         self._ptr = ptr
         self._set_size(size)
+
+
+WRITABLE = "writable_action"  # the state_dict key of the writable action copy, where one was made
+
+
+def load_writable(rb: Any, state: dict[str, Any], where: Any, size: int) -> None:
+    """Load a saved writable action copy into `rb.writable_action[where]` (a ReplayBuffer's whole column, a
+    SeedReplay's seed), in place; a state saved without one (its run never wrote) gives the copy its actions."""
+    saved = state.get(WRITABLE)
+    if saved is None and rb.writable_action is None:
+        return
+    dst = rb.writable_actions()[where]
+    dst[:size] = (state["action"] if saved is None else saved).to(rb.device)
 
 
 def saved_rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -151,7 +216,7 @@ def check_replay_state(state: dict[str, Any], capacity: int, obs_dim: int, act_d
     size, ptr = int(state["size"]), int(state["ptr"])
     if not (0 <= size <= capacity and 0 <= ptr < capacity):
         raise ValueError(f"replay state has an invalid size/ptr ({size}/{ptr})")
-    for name in _FIELDS:
+    for name in (*_FIELDS, WRITABLE) if WRITABLE in state else _FIELDS:
         if state[name].shape[0] != size:
             raise ValueError(f"replay state field {name!r} has {state[name].shape[0]} rows, expected {size}")
     return size, ptr

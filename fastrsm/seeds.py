@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .agents.base import Agent
-from .replay import Batch, check_replay_state, saved_rows
+from .replay import WRITABLE, Batch, RowBatch, check_replay_state, load_writable, saved_rows
 from .settings import ConfigError
 
 
@@ -151,6 +151,8 @@ class SeedReplay:
         self._size_t = torch.zeros(S, 1, dtype=self._rand_dtype, device=self.device)
         self._last_t = torch.zeros(S, 1, dtype=torch.long, device=self.device)
         self._seed_idx = torch.arange(S, device=self.device).unsqueeze(1)
+        self._seed_row0 = self._seed_idx * C  # where seed s's rows start in the flat writable copy
+        self.writable_action: torch.Tensor | None = None  # [S, C, A], made by writable_actions()
 
     @staticmethod
     def nbytes(seeds: int, capacity: int, obs_dim: int, act_dim: int) -> int:
@@ -184,8 +186,10 @@ class SeedReplay:
         n, C, ptr = data.shape[0], self.capacity, self._ptr[s]
         parts = torch.split(data, [self.obs_dim, self.act_dim, 1, self.obs_dim, 1], dim=1)
         first = min(n, C - ptr)
-        for name, part in zip(Batch._fields, parts):
-            dst = getattr(self, name)[s]
+        columns = [(getattr(self, name)[s], part) for name, part in zip(Batch._fields, parts)]
+        if self.writable_action is not None:  # a new row's writable copy starts as the action taken
+            columns.append((self.writable_action[s], parts[1]))
+        for dst, part in columns:
             part = part.reshape(n, *dst.shape[1:])
             dst[ptr:ptr + first] = part[:first]
             if first < n:
@@ -200,11 +204,28 @@ class SeedReplay:
 
     def sample(self) -> Batch:
         """`batch_size` transitions per seed, uniformly with replacement from that seed's filled rows."""
+        idx = self._draw()
+        return Batch(*(getattr(self, name)[self._seed_idx, idx] for name in Batch._fields))
+
+    def _draw(self) -> torch.Tensor:
         if min(self._size) == 0:
             raise RuntimeError("cannot sample from an empty replay buffer: add transitions first")
         u = torch.rand(self.seeds, self.batch_size, device=self.device, dtype=self._rand_dtype)
-        idx = torch.minimum((u * self._size_t).long(), self._last_t)
-        return Batch(*(getattr(self, name)[self._seed_idx, idx] for name in Batch._fields))
+        return torch.minimum((u * self._size_t).long(), self._last_t)
+
+    def sample_rows(self) -> RowBatch:
+        """`sample()`'s draw with its rows in the flat writable action copy [S·C, A] (seed s's row i is s·C + i),
+        for an update that writes moved actions back (fastrsm.replay.RowBatch)."""
+        idx = self._draw()
+        store = self.writable_actions().view(-1, self.act_dim)
+        return RowBatch(*(getattr(self, name)[self._seed_idx, idx] for name in Batch._fields),
+                        self._seed_row0 + idx, store)
+
+    def writable_actions(self) -> torch.Tensor:
+        """The writable copy of the action column, [S, C, A] (ReplayBuffer.writable_actions, per seed)."""
+        if self.writable_action is None:
+            self.writable_action = self.action.clone()
+        return self.writable_action
 
     def state_dict(self, s: int) -> dict[str, Any]:
         """Seed s's buffer as an ordinary ReplayBuffer state: its filled rows, sharing the buffer's memory (no copy;
@@ -214,11 +235,14 @@ class SeedReplay:
                                  "ptr": self._ptr[s], "size": size}
         for name in Batch._fields:
             state[name] = saved_rows(getattr(self, name)[s], size)
+        if self.writable_action is not None:
+            state[WRITABLE] = saved_rows(self.writable_action[s], size)
         return state
 
     def load_state_dict(self, s: int, state: dict[str, Any]) -> None:
         size, ptr = check_replay_state(state, self.capacity, self.obs_dim, self.act_dim)
         for name in Batch._fields:
             getattr(self, name)[s, :size] = state[name].to(self.device)
+        load_writable(self, state, s, size)
         self._ptr[s] = ptr
         self._set_size(s, size)

@@ -30,7 +30,7 @@ def _setup(algo: str, backend: str, **over):
     return agent, rb
 
 
-@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo", "dpmd2"])
+@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo", "dpmd2", "dipo"])
 def test_update_moves_every_network(algo):
     agent, rb = _setup(algo, "torch")
     before = {k: v.clone() for k, v in agent.state_dict().items()}

@@ -105,10 +105,11 @@ def _assert_tree_close(got, want, exact: bool = False, path: str = ""):
 
 CASES = [("dpmd", {}), ("dpmd", {"dpmd_weights": "softmax"}), ("dpmd", {"dpmd_weights": "advantage"}), ("sdac", {}),
          ("sac", {}), ("td3", {}), ("qsm", {}), ("qvpo", {}), ("dpmd2", {}),
-         ("dpmd2", {"dpmd2_weights": "relu_square"}), ("dpmd2", {"dpmd2_weights": "lse"})]
+         ("dpmd2", {"dpmd2_weights": "relu_square"}), ("dpmd2", {"dpmd2_weights": "lse"}),
+         ("dipo", {}), ("dipo", {"dipo_grad_norm": 0.01})]  # a clip that acts: each seed by its own norm
 # the triton backend under the interpreter (tests/conftest.py); SAC and TD3 have no fused kernel
 BACKEND_CASES = [("torch", a, o) for a, o in CASES] + [
-    ("triton", a, o) for a, o in CASES if a not in ("sac", "td3", "qsm", "qvpo")] + [
+    ("triton", a, o) for a, o in CASES if a not in ("sac", "td3", "qsm", "qvpo", "dipo")] + [
     ("torch", "dpmd", {"dpmd_weights": "advantage", "dpmd_particle_noise": True})]
 
 

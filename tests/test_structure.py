@@ -140,7 +140,7 @@ def test_a_new_metric_appears_in_train_csv(tmp_path, monkeypatch):
     assert "brand_new_metric" in rows[0] and float(rows[-1]["brand_new_metric"]) == 7.0
 
 
-@pytest.mark.parametrize("name", ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo"])
+@pytest.mark.parametrize("name", ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo", "dipo"])
 def test_one_list_of_algorithms(name):
     from fastrsm.agents import AGENTS, check_algo
     from fastrsm.config import ConfigError

@@ -103,7 +103,7 @@ def test_config_file_unknown_key(tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
-@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo"])
+@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo", "dipo"])
 def test_tiny_run_leaves_complete_run_dir(tmp_path, capsys, algo):
     run = tmp_path / "run"
     code, err = _run([*TINY, "--algo", algo, "--run-dir", str(run)], capsys)

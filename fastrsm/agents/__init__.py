@@ -9,6 +9,7 @@ from ..settings import Config, ConfigError, register_settings
 from .base import Agent, Parts
 from .dacer import DACER
 from .dacer2 import DACER2
+from .dipo import DIPO
 from .dpmd import DPMD
 from .dpmd2 import DPMD2
 from .qsm import QSM
@@ -17,7 +18,8 @@ from .sac import SAC
 from .sdac import SDAC
 from .td3 import TD3
 
-AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC, DACER, DACER2, TD3, QSM, QVPO, DPMD2)}
+AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC, DACER, DACER2, TD3, QSM, QVPO, DPMD2,
+                                                            DIPO)}
 for _cls in AGENTS.values():  # each algorithm's own settings become part of Config
     register_settings(_cls.Settings, _cls.algo)
 
@@ -42,5 +44,5 @@ def make_agent(algo: str, obs_dim: int, act_dim: int, cfg: Config, device: torch
     return AGENTS[algo](obs_dim, act_dim, cfg, device, ops, seeds=seeds)
 
 
-__all__ = ["AGENTS", "Agent", "DACER", "DACER2", "DPMD", "DPMD2", "Parts", "QSM", "QVPO", "SAC", "SDAC", "TD3",
-           "check_algo", "make_agent"]
+__all__ = ["AGENTS", "Agent", "DACER", "DACER2", "DIPO", "DPMD", "DPMD2", "Parts", "QSM", "QVPO", "SAC", "SDAC",
+           "TD3", "check_algo", "make_agent"]

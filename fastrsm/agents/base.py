@@ -99,11 +99,30 @@ def _traceable(opt: torch.optim.Optimizer) -> bool:
             and not d.get("maximize") and not d.get("decoupled_weight_decay"))
 
 
+def global_norm_scale(tensors: list[torch.Tensor], max_norm: float, models: int = 0) -> torch.Tensor:
+    """The factor max_norm / max(‖g‖, max_norm) that clips the global norm of `tensors` to `max_norm` (optax's
+    clip_by_global_norm). The first `models` axes of every tensor index independent models (the seed axis, the
+    critics' ensemble axis): each gets its own norm and factor, shaped [*those axes], so that one seed's or one
+    critic's gradient never scales another's."""
+    sq = torch.stack([t.square().flatten(models).sum(-1) for t in tensors]).sum(0)
+    return max_norm / sq.sqrt().clamp_min(max_norm)
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float, models: int = 0) -> None:
+    """Clip the gradients of `params` in place to global norm `max_norm`, per model (`global_norm_scale`)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    scale = global_norm_scale(grads, max_norm, models)
+    for g in grads:
+        g.mul_(scale.reshape(scale.shape + (1,) * (g.dim() - models)))
+
+
 def gradient_step(opt: torch.optim.Optimizer, loss: torch.Tensor,
-                  inputs: list[torch.Tensor] | None = None) -> None:
+                  inputs: list[torch.Tensor] | None = None, max_norm: float = 0.0, models: int = 0) -> None:
     """One gradient step of `opt` on `loss`: zero the gradients, backward (into `inputs` only, when given: e.g. the
-    actor's weights when the loss runs through the critic), step. With the fused Adam of a compiled CPU run the
-    step is `_traced_adam_step`, so that dynamo traces the whole update as one graph (fastrsm.compiled)."""
+    actor's weights when the loss runs through the critic), step. `max_norm` > 0 clips the gradients of `opt`'s
+    parameters to that global norm first, per model along their first `models` axes (`clip_grad_norm`). With the
+    fused Adam of a compiled CPU run the step is `_traced_adam_step`, so that dynamo traces the whole update as one
+    graph (fastrsm.compiled)."""
     if _traceable(opt):
         # Optimizer.zero_grad is skipped by dynamo (a graph break); the gradients exist (prepare_traced_adam)
         for g in opt.param_groups:
@@ -111,10 +130,14 @@ def gradient_step(opt: torch.optim.Optimizer, loss: torch.Tensor,
                 if p.grad is not None:
                     p.grad.zero_()
         _backward(loss, inputs)
+        if max_norm > 0:
+            clip_grad_norm([p for g in opt.param_groups for p in g["params"]], max_norm, models)
         _traced_adam_step(opt)
         return
     opt.zero_grad(set_to_none=False)
     _backward(loss, inputs)
+    if max_norm > 0:
+        clip_grad_norm([p for g in opt.param_groups for p in g["params"]], max_norm, models)
     opt.step()
 
 
@@ -188,6 +211,8 @@ class Agent(nn.Module):
     # fastrsm.compiled traces `backward()` into the update's graph (one graph per update); an agent whose update
     # does not compile equal to eager that way sets this False and keeps the graph breaks at backward()
     trace_backward = True
+    # > 0: the critics' gradients are clipped to this global norm, each critic (and seed) by its own (DIPO's 2.0)
+    max_grad_norm = 0.0
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
                  seeds: int | None = None):
@@ -222,6 +247,16 @@ class Agent(nn.Module):
     def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         """Actions in [-1, 1] for `obs`; random draws from `generator` (None: torch's global generator)."""
         raise NotImplementedError
+
+    def draw_batch(self, replay: Any) -> Any:
+        """The batch the next update runs on (every learner draws it here): `replay.sample()`. An agent whose update
+        writes into the replay draws one that says where its rows are (DIPO: `ReplayBuffer.sample_rows`)."""
+        return replay.sample()
+
+    def written_in_replay(self, replay: Any) -> list[torch.Tensor]:
+        """The replay's tensors that this agent's update writes (none here): a warm-up that runs updates and then
+        undoes them (graph capture, compiled capture: fastrsm.graphs.Snapshot) restores these too."""
+        return []
 
     def next_action_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """min Q'(s', a') of the bootstrap, and what the policy step can reuse of its computation."""
@@ -304,7 +339,8 @@ class Agent(nn.Module):
             y = td_target(batch.reward, batch.terminated, next_v, self.cfg.gamma, self.cfg.reward_scale)
         q = self.critic(batch.obs, batch.action)
         loss = critic_loss(q, y)
-        gradient_step(self.opt_q, self.total(loss))
+        # the critics' parameters lead with [E] (seeds: [S, E]): a clip takes each member's own norm
+        gradient_step(self.opt_q, self.total(loss), max_norm=self.max_grad_norm, models=1 + (self.seeds is not None))
         return {"loss_q": loss.detach(), "q_mean": self.seed_mean(q.detach(), seed_dim=1)}, reuse
 
     def update_step(self, batch: Batch, parts: Parts) -> dict[str, torch.Tensor]:
