@@ -25,11 +25,11 @@ from fastrsm.replay import ReplayBuffer
 from fastrsm.seeds import SeedReplay
 from fastrsm.utils import seed_everything
 
-ALGOS = ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo", "dpmd2"]
+ALGOS = ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo", "dpmd2", "dipo"]
 ALL_PARTS = [("critic",), ("critic", "policy"), ("critic", "policy", "alpha")]
 # distinct update shapes each algorithm's schedule takes at the tiny config (one graph each): SAC and TD3 have a
 # policy delay and no separate α clock (SAC's α steps with the policy); QSM and QVPO update everything every time
-N_SHAPES = {"dpmd": 3, "sdac": 3, "sac": 2, "td3": 2, "qsm": 1, "qvpo": 1, "dpmd2": 3}
+N_SHAPES = {"dpmd": 3, "sdac": 3, "sac": 2, "td3": 2, "qsm": 1, "qvpo": 1, "dpmd2": 3, "dipo": 1}
 DETERMINISTIC_EVAL = {"sac", "td3"}  # their evaluation action draws no noise
 S, A, E = 5, 2, 3  # obs dim, action dim, envs
 
@@ -127,12 +127,12 @@ def test_graphs_ask_the_agent_for_its_schedule():
 def test_eager_wrapper_is_agent_update(algo):
     """Off CUDA the wrapper runs the eager agent: same parameters, counters and metrics, bit for bit."""
     cfg = tiny_cfg(algo, "cpu")
-    rb = filled_replay("cpu")
+    rb, rb_fast = filled_replay("cpu"), filled_replay("cpu")  # one each: DIPO writes into its replay
     plain, wrapped = build(algo, cfg, "cpu"), build(algo, cfg, "cpu")
     fast = GraphedLearner(wrapped, E, enabled=True)
     assert fast.mode == "eager" and not fast.graphed
     m_plain = run_updates(lambda: Learner(plain).update(rb), 6)
-    m_fast = run_updates(lambda: fast.update(rb), 6)
+    m_fast = run_updates(lambda: fast.update(rb_fast), 6)
     assert m_plain == m_fast
     assert_same_state(plain, wrapped)
     assert fast.agent.updates == 6 and fast.agent is wrapped
@@ -143,24 +143,25 @@ def test_emulated_capture_matches_eager(algo):
     """Warm-up + restore, one graph per Parts value, lr written before each replay, static
     outputs: the emulated graphs must reproduce the eager run exactly, with no re-capture along the way."""
     cfg = tiny_cfg(algo, "cpu")
-    rb = filled_replay("cpu")
+    rb, rb_fast = filled_replay("cpu"), filled_replay("cpu")  # one each: DIPO writes into its replay
     plain, graphed = build(algo, cfg, "cpu"), build(algo, cfg, "cpu")
     fast = GraphedLearner(graphed, E, emulate=True)
     m_plain = run_updates(lambda: Learner(plain).update(rb), 9)
-    m_fast = run_updates(lambda: fast.update(rb), 9)
+    m_fast = run_updates(lambda: fast.update(rb_fast), 9)
     assert [sorted(m) for m in m_plain] == [sorted(m) for m in m_fast]
     assert m_plain == m_fast
     assert_same_state(plain, graphed)
     # SAC: α inside its policy step; TD3: no α; QSM: the policy on every update
+    every = [("critic", "policy")]
     expected = {"sac": [("critic",), ("critic", "policy")], "td3": [("critic",), ("critic", "policy")],
-                "qsm": [("critic", "policy")], "qvpo": [("critic", "policy")]}.get(algo, ALL_PARTS)
+                "qsm": every, "qvpo": every, "dipo": every}.get(algo, ALL_PARTS)
     assert sorted(fast._updates) == sorted(expected) == sorted(graphed.reachable_parts())
     assert fast.captures == len(expected)
     # Static outputs: one Parts value's metrics are the same tensors every time, refreshed in place.
     parts, m = [], []
     for _ in range(4):
         parts.append(graphed.next_parts())
-        m.append(fast.update(rb))
+        m.append(fast.update(rb_fast))
     for i in range(4):
         for j in range(i + 1, 4):
             assert (m[i]["loss_q"] is m[j]["loss_q"]) == (parts[i] == parts[j]), (parts[i], parts[j])
@@ -278,11 +279,12 @@ def test_graphed_update_matches_eager_gpu(algo, backend):
     results should agree to the last bit; the tolerance (atol 1e-6, rtol 1e-5) leaves room for a different
     cuBLAS algorithm choice under capture and nothing more — a wrong lr, counter or stale tensor is >> 1e-4."""
     cfg, rb = _gpu_setup(algo, backend)
+    rb_fast = filled_replay("cuda")  # one each: DIPO writes into its replay
     plain, graphed = build(algo, cfg, "cuda", backend), build(algo, cfg, "cuda", backend)
     fast = GraphedLearner(graphed, E, enabled=True)
     assert fast.mode == "cuda"
     m_plain = run_updates(lambda: Learner(plain).update(rb), 9)
-    m_fast = run_updates(lambda: fast.update(rb), 9)
+    m_fast = run_updates(lambda: fast.update(rb_fast), 9)
     expected = graphed.reachable_parts()
     assert len(expected) == N_SHAPES[algo]
     assert sorted(fast._updates) == sorted(expected) and fast.captures == len(expected)
@@ -295,7 +297,7 @@ def test_graphed_update_matches_eager_gpu(algo, backend):
     plain.restore(copy.deepcopy(ckpt))
     fast.agent.restore(copy.deepcopy(ckpt))
     run_updates(lambda: Learner(plain).update(rb), 4, seed=2)
-    run_updates(lambda: fast.update(rb), 4, seed=2)
+    run_updates(lambda: fast.update(rb_fast), 4, seed=2)
     assert fast.captures == 2 * len(expected)  # every shape captured again after the restore
     assert_same_state(plain, graphed, atol=1e-6, rtol=1e-5)
 
@@ -355,7 +357,7 @@ def _seed_group(algo: str, device: str, seeds: int = 3):
 
 def _check_seed_group(algo: str, device: str, emulate: bool) -> None:
     plain, rb = _seed_group(algo, device)
-    graphed, _ = _seed_group(algo, device)
+    graphed, rb_fast = _seed_group(algo, device)  # one replay each: DIPO writes into its replay
     fast = GraphedLearner(graphed, E, enabled=True, emulate=emulate)
     assert fast.mode == ("emulate" if emulate else "cuda")
 
@@ -363,7 +365,7 @@ def _check_seed_group(algo: str, device: str, emulate: bool) -> None:
         torch.manual_seed(1)
         return [{k: torch.as_tensor(v).flatten().tolist() for k, v in update().items()} for _ in range(9)]
 
-    m_plain, m_fast = run(lambda: Learner(plain).update(rb)), run(lambda: fast.update(rb))
+    m_plain, m_fast = run(lambda: Learner(plain).update(rb)), run(lambda: fast.update(rb_fast))
     assert fast.captures == N_SHAPES[algo]
     assert_same_state(plain, graphed, atol=1e-6, rtol=1e-5)
     for mp, mf in zip(m_plain, m_fast):
@@ -376,14 +378,14 @@ def _check_seed_group(algo: str, device: str, emulate: bool) -> None:
     torch.testing.assert_close(fast.act(obs, True), ref, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("algo", ["dpmd", "sac", "td3"])
+@pytest.mark.parametrize("algo", ["dpmd", "sac", "td3", "dipo"])
 def test_emulated_seed_group_matches_eager(algo):
     """The capture bookkeeping with a seed axis (a --seeds group), on the CPU."""
     _check_seed_group(algo, "cpu", emulate=True)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("algo", ["dpmd", "sac", "td3"])
+@pytest.mark.parametrize("algo", ["dpmd", "sac", "td3", "dipo"])
 def test_graphed_seed_group_matches_eager_gpu(algo):
     """A --seeds group under CUDA graphs (the default on CUDA) is the eager group: same state after every update
     shape has been captured and replayed, and acting replays too."""
