@@ -207,6 +207,12 @@ def sample_chain(eps_net: nn.Module, sched: Schedule, s: torch.Tensor, x_T: torc
             run(eps_net, sched, s, x_T, noise)
 
 
+# Rows (particles × states × seeds) from which a bf16 chain pays on a CPU. Measured 2026-12-04, one thread
+# (bench/bench_chain_precision.py, bench/RESULTS.md): the paper-size bootstrap (8192 rows, H = 256) ran 1.37x faster
+# in bf16, the small-size one (1024 rows, H = 128) 1.06x, one-observation acting (16-32 rows) 0.6-0.9x.
+BF16_MIN_ROWS = 4096
+
+
 def run_chain(eps_net: nn.Module, sched: Schedule, s: torch.Tensor, x_T: torch.Tensor, noise: torch.Tensor,
               return_steps: bool = False, precision: str = "fp32") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`reverse_chain` on given inputs, in the caller's autograd mode: the step loop of `sample_chain`.
@@ -220,8 +226,10 @@ def run_chain(eps_net: nn.Module, sched: Schedule, s: torch.Tensor, x_T: torch.T
 
     precision 'bf16' (an EpsilonNet, without autograd only): the per-step matmuls take bf16 operands (on a CPU
     with AVX-512 BF16 or AMX, oneDNN accumulates in fp32); their results, the state and time parts, the Mish
-    activations and the chain state x stay fp32. With autograd on (DACER's chain gradient) it runs in fp32."""
-    low = torch.bfloat16 if precision == "bf16" and not torch.is_grad_enabled() else None
+    activations and the chain state x stay fp32. With autograd on (DACER's chain gradient) it runs in fp32, and so
+    does a chain of fewer than BF16_MIN_ROWS rows, where the casts cost more than the bf16 matmuls save."""
+    rows = x_T.numel() // max(x_T.shape[-1], 1)
+    low = torch.bfloat16 if precision == "bf16" and not torch.is_grad_enabled() and rows >= BF16_MIN_ROWS else None
     eps = (_factored_eps(eps_net, sched.T, s, x_T, low) if isinstance(eps_net, EpsilonNet)
            else _plain_eps(eps_net, s, x_T))
     x, steps = x_T, []
