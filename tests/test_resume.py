@@ -31,7 +31,7 @@ def _same_params(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo", "dpmd2"])
+@pytest.mark.parametrize("algo", ["dpmd", "sdac", "sac", "td3", "qsm", "qvpo", "dpmd2", "dipo"])
 def test_resume_is_exact(tmp_path, algo):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main([*TINY, "--algo", algo, "--total-steps", "600", "--run-dir", str(straight)]) == 0
