@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import OneLineParser, parse_set, run_main
+from .runlog import source_commit
 from .seeds import parse_seeds
 from .utils import UsageError, atomic_write_text
 
@@ -285,15 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _commit() -> str | None:
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                           cwd=os.path.dirname(os.path.abspath(__file__)))
-        return r.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_main(PROG, lambda: _main(build_parser().parse_args(argv), argv))
@@ -337,7 +328,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                 "scale": args.scale, "steps": args.steps, "set": overrides, "ablations": ablations,
                 "ablation_task": args.ablation_task, "seeds_per_process": args.seeds_per_process}
         out.mkdir(parents=True, exist_ok=True)
-        record = {"commit": _commit(), "argv": argv, "grid": grid,
+        record = {"commit": source_commit(), "argv": argv, "grid": grid,
                   "runs": {t.run_dir: {"env": t.env, "algo": t.algo, "seeds": t.seeds, "preset": t.preset,
                                        "settings": t.settings} for t in trials}}
         old = _read(out / "paper.json")

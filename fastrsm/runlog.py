@@ -14,6 +14,7 @@ import math
 import os
 import pickle
 import platform
+import subprocess
 import sys
 import time
 from typing import Any
@@ -46,6 +47,20 @@ def package_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[name] = "absent"
     return out
+
+
+def source_commit() -> str | None:
+    """The git commit fastrsm runs from, with "+dirty" when its tracked files differ from it; None outside a git
+    checkout (an installed wheel). A result names its commit, so every run records it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=here)
+        if head.returncode or not head.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], capture_output=True, timeout=10, cwd=here)
+        return head.stdout.strip() + ("+dirty" if dirty.returncode == 1 else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def device_description(device: torch.device) -> str:
@@ -94,6 +109,7 @@ class RunLog:
             "config": config,
             "env": env,
             "versions": package_versions(),
+            "commit": source_commit(),
             "device": device_description(device),
             "argv": list(sys.argv if argv is None else argv),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

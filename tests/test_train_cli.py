@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -120,6 +121,8 @@ def test_tiny_run_leaves_complete_run_dir(tmp_path, capsys, algo):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["config"]["algo"] == algo and cfg["config"]["particles"] == 4
     assert "torch" in cfg["versions"] and cfg["device"].startswith("cpu")
+    # The commit the run came from (this checkout is a git clone; "+dirty" when its tracked files were edited).
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", cfg["commit"]), cfg["commit"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["env_steps"] == 300
     evals = (run / "eval.csv").read_text().strip().splitlines()
@@ -129,14 +132,14 @@ def test_tiny_run_leaves_complete_run_dir(tmp_path, capsys, algo):
     from fastrsm.evaluate import main as eval_main
 
     assert eval_main([str(run), "--episodes", "2", "--device", "cpu"]) == 0
-    re = json.loads((run / "reeval.json").read_text())
-    assert re["episodes"] == 2 and len(re["returns"]) == 2
+    reeval = json.loads((run / "reeval.json").read_text())
+    assert reeval["episodes"] == 2 and len(reeval["returns"]) == 2
     assert eval_main([str(tmp_path / "none")]) == 2
     # the same through the public API: same episodes and seed, so the same returns; N = 1 for the diffusion agents
     import fastrsm
 
     again = fastrsm.evaluate_policy(str(run), episodes=2)
-    assert again["returns"] == pytest.approx(re["returns"]) and again["algo"] == algo
+    assert again["returns"] == pytest.approx(reeval["returns"]) and again["algo"] == algo
     alone = fastrsm.evaluate_policy(str(run), episodes=2, particles=1)
     assert alone["particles"] == (None if algo in ("sac", "td3") else 1)
     with pytest.raises(fastrsm.utils.UsageError):
