@@ -27,9 +27,12 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3"],
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "ruff>=0.5"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "imageio>=2.30", "imageio-ffmpeg>=0.4"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "ruff>=0.5", "imageio>=2.30",
+                "imageio-ffmpeg>=0.4"],
         "bench": ["stable-baselines3>=2.3"],
+        # fastrsm-eval --video FILE.mp4 (a .gif needs only Pillow, which matplotlib brings)
+        "video": ["imageio>=2.30", "imageio-ffmpeg>=0.4"],
         # fastrsm-sweep only (fastrsm/sweep.py is the one module that imports Ray).
         "sweep": ["ray[default]>=2.9"],
         # DACER's official entropy estimator (--dacer-entropy sklearn); the default torch EM needs nothing

@@ -33,7 +33,15 @@ def _main(argv: list[str] | None) -> int:
                    help="best-of-N candidates (default: the run's); 1 evaluates the diffusion policy alone")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--device", default="auto")
+    p.add_argument("--video", metavar="FILE", default=None,
+                   help="instead of evaluating, render one episode off-screen to FILE (.gif or .mp4; .mp4 needs "
+                        "pip install 'fastrsm[video]'), the return and step written on the frames")
+    p.add_argument("--video-fps", type=float, default=30.0, help="frames per second of the video (default 30)")
+    p.add_argument("--video-size", default="320x240", metavar="WxH", help="frame size (default 320x240)")
+    p.add_argument("--max-steps", type=int, default=None, help="--video: stop the episode after this many steps")
     args = p.parse_args(argv)
+    if args.video is not None:
+        return _video(args)
     if is_group_dir(args.run_dir):  # a --seeds group: every seed's run directory, then mean ± std over seeds
         try:
             dirs = seed_dirs(args.run_dir)
@@ -71,6 +79,29 @@ def evaluate_policy(run_dir: str, checkpoint: str = "best", episodes: int | None
             "algo": cfg.algo, "episodes": episodes,
             "seed": seed, "particles": policy.particles, "return_mean": float(np.mean(returns)),
             "return_std": float(np.std(returns)), "returns": [float(r) for r in returns]}
+
+
+def _video(args) -> int:
+    """fastrsm-eval RUN --video FILE: one evaluation episode rendered to FILE, one printed line."""
+    from .video import check_video_path, choose_gl_backend, record_episode
+
+    if is_group_dir(args.run_dir):
+        raise UsageError(f"--video renders one seed's policy: give one seed's run directory, e.g. "
+                         f"{os.path.join(args.run_dir, 'seed_0')}")
+    try:
+        width, height = (int(v) for v in args.video_size.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--video-size {args.video_size}: give it as WIDTHxHEIGHT, e.g. 320x240") from None
+    if width < 16 or height < 16 or args.video_fps <= 0 or (args.max_steps is not None and args.max_steps < 1):
+        raise UsageError("--video-size must be at least 16x16, --video-fps and --max-steps positive")
+    check_video_path(args.video)
+    backend = choose_gl_backend()  # before load_policy, which may import MuJoCo
+    policy = load_policy(args.run_dir, args.checkpoint, args.device, args.particles, seed=args.seed)
+    with torch.inference_mode():
+        out = record_episode(policy, args.video, args.seed, args.video_fps, width, height, args.max_steps)
+    print(f"{policy.env_id} {policy.algo}: return {out['return']:.1f} in {out['steps']} steps; {out['frames']} "
+          f"frames at {out['fps']:.1f} fps written to {out['path']} (MUJOCO_GL={backend})")
+    return 0
 
 
 def _evaluate_run(run_dir: str, args) -> dict:
