@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # kernels/ is shipped as fastrsm.kernels: a top-level `kernels` package would clash with other installs.
-    packages=["fastrsm", "fastrsm.agents", "fastrsm.kernels"],
+    packages=["fastrsm", "fastrsm.agents", "fastrsm.diagnose", "fastrsm.kernels"],
     package_dir={"fastrsm.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
@@ -47,6 +47,7 @@ setup(
             "fastrsm-bench=fastrsm.bench:main",
             "fastrsm-sweep=fastrsm.sweep:main",
             "fastrsm-paper=fastrsm.paper:main",
+            "fastrsm-diagnose=fastrsm.diagnose:main",
         ]
     },
 )

@@ -1,5 +1,5 @@
-"""bench/action_gap.py (the LEARNING.md diagnostic of where a hopper's fall comes from): the critic scores at one
-state are the ones claimed (checked on a critic with a known maximum), and on a tiny MuJoCo run every marked step
+"""fastrsm-diagnose action-gap (the LEARNING.md diagnostic of where a hopper's fall comes from): the critic scores at
+one state are the ones claimed (checked on a critic with a known maximum), and on a tiny MuJoCo run every marked step
 is scored, the summary follows from the rows, and a path that is not a run is refused."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from fastrsm.diagnose import action_gap
 from fastrsm.train import main as train_main
 
 TINY = ["--env", "InvertedPendulum-v4", "--algo", "dpmd", "--preset", "smoke", "--device", "cpu", "--quiet",
@@ -18,7 +19,7 @@ TINY = ["--env", "InvertedPendulum-v4", "--algo", "dpmd", "--preset", "smoke", "
         "--batch-size", "32", "--particles", "4", "--diffusion-steps", "3", "--hidden", "16", "--log-every", "100"]
 
 
-def test_scores_on_a_critic_with_a_known_best_action(import_bench) -> None:
+def test_scores_on_a_critic_with_a_known_best_action() -> None:
     best = torch.tensor([0.3, -0.5])
 
     def min_q(s, a):  # Q = 10 − |a − best|², whatever the state: the best action scores 10, the rest less
@@ -27,7 +28,7 @@ def test_scores_on_a_critic_with_a_known_best_action(import_bench) -> None:
     agent = SimpleNamespace(critic=SimpleNamespace(min_q=min_q),
                             act=lambda s, explore=True, generator=None: torch.zeros(s.shape[0], 2))  # always acts 0
     g = torch.Generator().manual_seed(0)
-    r = import_bench("action_gap").score_state(agent, torch.zeros(3), best, uniform=4096, draws=8, generator=g)
+    r = action_gap.score_state(agent, torch.zeros(3), best, uniform=4096, draws=8, generator=g)
     assert r["q_taken"] == pytest.approx(10.0)
     assert r["q_uniform_max"] <= 10.0 and r["q_uniform_max"] > 9.9  # 4096 draws on [-1, 1]² come close to it
     assert r["q_uniform_min"] == pytest.approx(10.0 - (1.3 ** 2 + 1.5 ** 2), abs=0.15)  # the far corner (−1, 1)
@@ -35,12 +36,12 @@ def test_scores_on_a_critic_with_a_known_best_action(import_bench) -> None:
     assert r["q_draws_max"] == pytest.approx(10.0 - (0.3 ** 2 + 0.5 ** 2))  # the policy's only action, 0
 
 
-def test_a_tiny_run_is_scored_at_every_marked_step(tmp_path: Path, capsys, import_bench) -> None:
+def test_a_tiny_run_is_scored_at_every_marked_step(tmp_path: Path, capsys) -> None:
     pytest.importorskip("mujoco")
     run = tmp_path / "run"
     assert train_main([*TINY, "--run-dir", str(run)]) == 0
     out = tmp_path / "gap.json"
-    mod = import_bench("action_gap")
+    mod = action_gap
     assert mod.main([str(run), "--every", "3", "--tail", "2", "--uniform", "64", "--draws", "8", "--rows",
                      "--json", str(out)]) == 0
     (r,) = json.loads(out.read_text())
@@ -64,12 +65,12 @@ def test_a_tiny_run_is_scored_at_every_marked_step(tmp_path: Path, capsys, impor
         mod.main([str(run), "--every", "0"])
 
 
-def test_sac_draws_repeat_with_the_generator_and_leave_the_global_rng_alone(import_bench) -> None:
+def test_sac_draws_repeat_with_the_generator_and_leave_the_global_rng_alone() -> None:
     # an agent's exploring act draws from the generator it is given: the score follows the generator's seed alone
     agent = SimpleNamespace(critic=SimpleNamespace(min_q=lambda s, a: -(a ** 2).sum(-1)),
                             act=lambda s, explore=True, generator=None: torch.randn(s.shape[0], 2,
                                                                                     generator=generator).tanh())
-    score = import_bench("action_gap").score_state
+    score = action_gap.score_state
     state = torch.random.get_rng_state()
     runs = [score(agent, torch.zeros(3), torch.zeros(2), 16, 8, torch.Generator().manual_seed(k)) for k in (5, 5, 6)]
     assert runs[0]["q_draws_max"] == runs[1]["q_draws_max"] != runs[2]["q_draws_max"]

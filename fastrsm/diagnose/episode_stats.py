@@ -1,25 +1,26 @@
 """What a trained policy does in an episode: its return, how long it lasts, how far it goes and how fast.
 
-A diagnostic for bench/LEARNING.md. On Hopper-v4 the return alone does not tell a standing hopper from a hopping
+A diagnostic of trained runs (bench/LEARNING.md uses it).
+On Hopper-v4 the return alone does not tell a standing hopper from a hopping
 one (≈ 1 per step alive: standing still for the 1 000-step limit scores ≈ 1 000, as does a lunge that covers a few
 metres in 300 steps). For each seed of a run (a --seeds group dir or a single run dir) this plays `--episodes`
 episodes with the run's own acting rule (`fastrsm.load_policy`: best-of-N for DPMD/SDAC, the mean for SAC) and
 prints, per episode, the return, the length in steps, the distance the body moved forward (MuJoCo qpos[0]) and the
 mean forward speed (distance / simulated time); the last two read "n/a" for an env without a MuJoCo body.
 
-    python bench/episode_stats.py runs/hopper-150k/Hopper-v4__dpmd runs/hopper-150k/Hopper-v4__sac --checkpoint best
+    fastrsm-diagnose episode-stats runs/hopper-150k/Hopper-v4__dpmd runs/hopper-150k/Hopper-v4__sac --checkpoint best
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
-from _runs import add_run_args, each_seed, fmt, run_main, write_json
 
-from fastrsm.policy import load_policy
+from ..cli import OneLineParser
+from ..policy import load_policy
+from .runs import add_run_args, each_seed, fmt, run_main, write_json
 
 
 def play(seed_dir: Path, checkpoint: str, episodes: int, seed: int, particles: int | None = None) -> list[dict]:
@@ -48,7 +49,7 @@ def play(seed_dir: Path, checkpoint: str, episodes: int, seed: int, particles: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="fastrsm-diagnose episode-stats", description=__doc__.splitlines()[0])
     add_run_args(p, checkpoint="best", seed=100, seed_help="env seed of the first episode")
     p.add_argument("--episodes", type=int, default=3)
     p.add_argument("--particles", type=int, default=None, help="best-of-N (default: the run's; 1 = the policy alone)")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{fmt(e['distance'])} | {fmt(e['speed'])} |", flush=True)
         write_json(a.json, rows)
 
-    return run_main("episode_stats", body)
+    return run_main("fastrsm-diagnose episode-stats", body)
 
 
 if __name__ == "__main__":

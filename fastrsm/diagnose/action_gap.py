@@ -1,6 +1,7 @@
 """Along an episode: how much better an action the critic knows than the one the policy takes.
 
-A diagnostic for bench/LEARNING.md. When a trained hopper falls, either the policy misses actions its critic
+A diagnostic of trained runs (bench/LEARNING.md uses it).
+When a trained hopper falls, either the policy misses actions its critic
 already values more (the policy, or its sampler, is the limit), or the critic values no action much above the one
 taken (the limit is what the critic has learned). For each seed of a run (a --seeds group dir or a single run dir)
 this plays one episode with the run's own acting rule (`fastrsm.load_policy`) and, every `--every` steps and at
@@ -17,20 +18,20 @@ over the box (max − min of the uniform draws), and the warning: how many steps
 step, with the MuJoCo body's forward velocity qvel[0] and its qpos[1] (the torso's height for Hopper and
 Walker2d) when the env has one.
 
-    python bench/action_gap.py runs/hopper-geometric/Hopper-v4__dpmd --checkpoint latest
+    fastrsm-diagnose action-gap runs/hopper-geometric/Hopper-v4__dpmd --checkpoint latest
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from _runs import add_run_args, each_seed, fmt, run_main, write_json
 
-from fastrsm.policy import load_policy
+from ..cli import OneLineParser
+from ..policy import load_policy
+from .runs import add_run_args, each_seed, fmt, run_main, write_json
 
 WARN = 0.8  # Q(taken) below this fraction of its episode peak, for good, counts as the critic foreseeing the fall
 
@@ -98,7 +99,7 @@ def trace(seed_dir: Path, checkpoint: str, every: int, tail: int, uniform: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="fastrsm-diagnose action-gap", description=__doc__.splitlines()[0])
     add_run_args(p, checkpoint="best", seed=100, seed_help="env seed of the episode")
     p.add_argument("--every", type=int, default=25, help="score every this many steps")
     p.add_argument("--tail", type=int, default=5, help="and the last this many steps")
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{fmt(row['body_qpos1'])}")
         write_json(a.json, out)
 
-    return run_main("action_gap", body)
+    return run_main("fastrsm-diagnose action-gap", body)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What the run diagnostics in bench/ (policy_spread, episode_stats, action_gap) share: the run-directory
+"""What the run diagnostics (policy-spread, episode-stats, action-gap) share: the run-directory
 arguments, the walk over every seed of every run, the one-line exit on bad input and the JSON file.
 
 A run is a `--seeds` group dir or a single run dir; its seeds come from `fastrsm.group.seed_dirs` (group.json's
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from fastrsm.group import seed_dirs
-from fastrsm.utils import UsageError, atomic_write_json
+from ..group import seed_dirs
+from ..utils import UsageError, atomic_write_json
 
 
 def add_run_args(p: argparse.ArgumentParser, *, checkpoint: str, seed: int, seed_help: str) -> None:

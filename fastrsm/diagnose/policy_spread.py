@@ -1,4 +1,4 @@
-"""How spread out is a trained policy's action distribution? A diagnostic for bench/LEARNING.md.
+"""How spread out is a trained policy's action distribution? A diagnostic of trained runs (bench/LEARNING.md uses it).
 
 For each seed of a run (a --seeds group dir or a single run dir) and a checkpoint ("latest" or "best"), draws
 M actions per state at S states taken from the run's own replay buffer (the checkpoint's) and reports, averaged
@@ -14,20 +14,20 @@ over states and action dimensions (in the policy's [-1, 1] units):
   DPMD's `exp` weights exp(clip((Q − m)/σ)/λ) compare Q across the batch's states: where `q_between` dwarfs
   `q_within` they mostly say which *state* is worth more, not which *action* is better at a state.
 
-  python bench/policy_spread.py runs/learning/Hopper-v4__dpmd runs/learning/Hopper-v4__sac [--checkpoint latest]
+  fastrsm-diagnose policy-spread runs/learning/Hopper-v4__dpmd runs/learning/Hopper-v4__sac [--checkpoint latest]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
-from _runs import add_run_args, each_seed, run_main, write_json
 
-from fastrsm.policy import checkpoint_path, load_policy
-from fastrsm.runlog import load_checkpoint
+from ..cli import OneLineParser
+from ..policy import checkpoint_path, load_policy
+from ..runlog import load_checkpoint
+from .runs import add_run_args, each_seed, run_main, write_json
 
 
 @torch.inference_mode()
@@ -58,7 +58,7 @@ def measure(seed_dir: Path, checkpoint: str, states: int, draws: int, seed: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="fastrsm-diagnose policy-spread", description=__doc__.splitlines()[0])
     add_run_args(p, checkpoint="latest", seed=0, seed_help="seed of the sampled states and draws")
     p.add_argument("--states", type=int, default=256)
     p.add_argument("--draws", type=int, default=32)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{m['explore']:.3f} | {m['bound']:.0%} | {m['q_between']:.2f} | {m['q_within']:.3f} |", flush=True)
         write_json(a.json, rows)
 
-    return run_main("policy_spread", body)
+    return run_main("fastrsm-diagnose policy-spread", body)
 
 
 if __name__ == "__main__":
