@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 11's closing comparison: Pendulum-v1 at fastrsm's smoke sizes (64x2 nets, T=5, N=8, batch 128, one env,
-# UTD 1, warm-up 1000, evaluation every 2000 env steps x 5 episodes), 15 000 env steps, seeds 1 and 2:
+# The closing comparison of the DPMD Pendulum bisection (bench/DPMD_PENDULUM_BISECT.md): Pendulum-v1 at
+# fastrsm's smoke sizes (64x2 nets, T=5, N=8, batch 128, one env, UTD 1, warm-up 1000, evaluation every 2000 env
+# steps x 5 episodes), 15 000 env steps, seeds 1 and 2:
 #   the authors' DPMD with the precedence fixed and as published (bench/authors_train.py),
 #   fastrsm smoke DPMD, SDAC and SAC, and fastrsm's flowrl preset (DPMD, SDAC) at the same sizes.
 # Resumable: a finished item is skipped; an unfinished fastrsm group continues with --resume, an unfinished
