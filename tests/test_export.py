@@ -21,7 +21,7 @@ TINY = ["--env", "Pendulum-v1", "--preset", "smoke", "--device", "cpu", "--quiet
         "--particles", "4", "--diffusion-steps", "3", "--hidden", "16", "--log-every", "100", "--reverse-samples", "4"]
 
 
-@pytest.fixture(scope="module", params=["dpmd", "sac", "td3", "qsm"])
+@pytest.fixture(scope="module", params=["dpmd", "sac", "td3", "qsm", "dpmd2", "dipo"])
 def exported(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(request.param)
     run = d / "run"
