@@ -8,7 +8,11 @@ each algorithm in turn, the order rotating every round, so load from other proce
 updates follow each agent's own schedule (policy delay, α clock), except the rare expensive α steps (DACER's GMM
 entropy estimate every 10 000 updates), which are timed apart and reported with their amortised share. Reported:
 median over rounds of ms per update, and the ratio to the first algorithm's; on CUDA also the peak memory an
-update takes above what every agent and buffer holds at rest."""
+update takes above what every agent and buffer holds at rest.
+
+The on-policy algorithms (PPO, DPPO) have no replay: their "update" is one minibatch gradient step (policy and
+value network) on a minibatch of a synthetic rollout of the preset's shape, i.e. epochs x minibatches of these
+make one rollout's update (the GAE pass before them is bench/bench_onpolicy.py's to time)."""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from fastrsm.backend import make_ops, resolve_backend
 from fastrsm.bench import fill_random, sync
 from fastrsm.config import make_config
 from fastrsm.envs import env_dims
+from fastrsm.onpolicy import synthetic_rollout
 from fastrsm.replay import ReplayBuffer
 from fastrsm.utils import resolve_device, seed_everything
 
@@ -51,12 +56,21 @@ def main(argv: list[str] | None = None) -> int:
         seed_everything(0)
         ops = make_ops(resolve_backend(cfg.backend, device), device)
         agents[a] = make_agent(a, obs_dim, act_dim, cfg, device, ops)
-        replays[a] = ReplayBuffer(10_000, obs_dim, act_dim, device, cfg.batch_size)
-        fill_random(replays[a], 10_000, 0)
+        if agents[a].on_policy:  # the flat rows of one rollout, minibatches drawn from it
+            flat = agents[a].flat_rollout(synthetic_rollout(agents[a], cfg.rollout_steps, cfg.num_envs))
+            replays[a] = (flat, flat["adv"].shape[0] // cfg.num_minibatches)
+        else:
+            replays[a] = ReplayBuffer(10_000, obs_dim, act_dim, device, cfg.batch_size)
+            fill_random(replays[a], 10_000, 0)
         cfgs[a] = cfg
 
     def steady_update(a: str) -> None:
         agent = agents[a]
+        if agent.on_policy:
+            flat, size = replays[a]
+            idx = torch.randint(flat["adv"].shape[0], (size,), device=device)
+            agent.minibatch_step({k: v[idx] for k, v in flat.items()})
+            return
         parts = tuple(x for x in agent.next_parts() if x != "alpha" or a not in ("dacer", "dacer2"))
         agent.update_step(replays[a].sample(), parts)
         agent.advance(parts)

@@ -329,5 +329,6 @@ def check_run(cfg: Config, seeds: int = 1) -> tuple[int, int]:
     backend = resolve_backend(cfg.backend, device)
     check_chain_options(backend, device, cfg.chain_noise, cfg.chain_precision)
     obs_dim, act_dim = env_dims(cfg.env_id, cfg.env_backend)  # raises EnvIdError on an unknown id or bad spaces
-    check_replay_fits(cfg, obs_dim, act_dim, device, seeds)
+    if not AGENTS[cfg.algo].on_policy:  # an on-policy run keeps no replay
+        check_replay_fits(cfg, obs_dim, act_dim, device, seeds)
     return obs_dim, act_dim

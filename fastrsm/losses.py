@@ -183,3 +183,58 @@ def dsac_critic_loss(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor, y_s
     s_sg = std.detach().clamp(min=0)
     per = mean * (y - mu_sg) / (s_sg**2 + eps) + std * ((mu_sg - y_b) ** 2 - s_sg**2) / (s_sg**3 + eps)
     return (-(m.squeeze(-1) ** 2 + eps) * per.mean(-1)).sum()
+
+
+# ---------------------------------------------------------------- PPO / DPPO (docs/algorithms.md, PPO and DPPO)
+
+
+def gae(reward: torch.Tensor, value: torch.Tensor, next_value: torch.Tensor, terminated: torch.Tensor,
+        truncated: torch.Tensor, valid: torch.Tensor, gamma: float, lambda_: float
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, arXiv 1506.02438) over a rollout [T, E].
+
+    δ_t = r_t + γ·(1 − terminated_t)·V(s_{t+1}) − V(s_t), A_t = δ_t + γλ·(1 − done_t)·A_{t+1}.
+    `next_value[t]` is V of the observation step t returned: on a truncated step that is the episode's true last
+    observation (fastrsm.envs keeps it), so a truncation bootstraps from it while a termination does not; either
+    ends the recursion. A row with `valid` False is an auto-reset step (no transition): its advantage is 0, and the
+    step before it always ended an episode, so nothing flows across it. Returns (advantages, returns = A + V)."""
+    keep = (~terminated).to(value.dtype)
+    carry = (~(terminated | truncated)).to(value.dtype)
+    ok = valid.to(value.dtype)
+    delta = (reward + gamma * keep * next_value - value) * ok
+    adv = torch.zeros_like(value)
+    last = torch.zeros_like(value[0])
+    for t in reversed(range(value.shape[0])):
+        last = delta[t] + gamma * lambda_ * carry[t] * last * ok[t]
+        adv[t] = last
+    return adv, adv + value
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of x over the rows where `mask` is 1 (x and mask broadcast; at least one row is assumed)."""
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def normalize_advantage(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(A − mean) / (std + 1e-8) over the valid rows of a minibatch (CleanRL's per-minibatch normalisation; the
+    std is the unbiased one, as torch's default)."""
+    n = mask.sum().clamp_min(2.0)
+    mean = (adv * mask).sum() / mask.sum().clamp_min(1.0)
+    std = (((adv - mean) ** 2 * mask).sum() / (n - 1)).sqrt()
+    return (adv - mean) / (std + 1e-8)
+
+
+def clipped_surrogate(logratio: torch.Tensor, adv: torch.Tensor, clip: float | torch.Tensor) -> torch.Tensor:
+    """PPO's clipped objective as a loss, per row: −min(ρ·A, clip(ρ, 1 − ε, 1 + ε)·A), ρ = exp(log π − log π_old)
+    (Schulman et al. 2017, arXiv 1707.06347, eq. 7)."""
+    ratio = logratio.exp()
+    return torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip, 1.0 + clip))
+
+
+def value_loss(v: torch.Tensor, returns: torch.Tensor, old_v: torch.Tensor, clip: float | None) -> torch.Tensor:
+    """½(V − R)² per row; with `clip`, ½·max((V − R)², (V_old + clip(V − V_old, ±clip) − R)²) (CleanRL's clip_vloss)."""
+    unclipped = (v - returns) ** 2
+    if clip is None:
+        return 0.5 * unclipped
+    clipped = (old_v + (v - old_v).clamp(-clip, clip) - returns) ** 2
+    return 0.5 * torch.maximum(unclipped, clipped)

@@ -127,14 +127,22 @@ def measured_pace(trials: Sequence[Any], updates: int = 5) -> dict[tuple[str, st
                                      "backend": "torch"})
         obs_dim, act_dim = env_dims(t.env, cfg.env_backend)
         agent = make_agent(t.algo, obs_dim, act_dim, cfg, torch.device("cpu"), make_ops("torch", "cpu"))
-        rb = ReplayBuffer(4 * cfg.batch_size, obs_dim, act_dim, "cpu", cfg.batch_size)
-        fill_random(rb, 4 * cfg.batch_size, 0)
-        parts = agent.reachable_parts()
-        agent.update_step(rb.sample(), parts[-1])  # first-call allocations
-        t0 = time.perf_counter()
-        for i in range(updates):
-            agent.update_step(rb.sample(), parts[i % len(parts)])
-        per_update = (time.perf_counter() - t0) / updates
+        if agent.on_policy:  # one update per rollout: its time spread over the rollout's env steps
+            from .onpolicy import synthetic_rollout
+
+            rollout = synthetic_rollout(agent, cfg.rollout_steps, cfg.num_envs)
+            t0 = time.perf_counter()
+            agent.learn(rollout)
+            per_step = (time.perf_counter() - t0) / (cfg.rollout_steps * cfg.num_envs)
+        else:
+            rb = ReplayBuffer(4 * cfg.batch_size, obs_dim, act_dim, "cpu", cfg.batch_size)
+            fill_random(rb, 4 * cfg.batch_size, 0)
+            parts = agent.reachable_parts()
+            agent.update_step(rb.sample(), parts[-1])  # first-call allocations
+            t0 = time.perf_counter()
+            for i in range(updates):
+                agent.update_step(rb.sample(), parts[i % len(parts)])
+            per_step = cfg.utd * (time.perf_counter() - t0) / updates
         envs = make_vec_env(t.env, 1, 0, cfg.env_backend)
         envs.reset()
         import numpy as np
@@ -144,7 +152,7 @@ def measured_pace(trials: Sequence[Any], updates: int = 5) -> dict[tuple[str, st
             envs.step(np.random.uniform(-1, 1, (1, act_dim)))
         per_env = (time.perf_counter() - t0) / 50
         envs.close()
-        pace[key] = cfg.utd * per_update + per_env
+        pace[key] = per_step + per_env
     return pace
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import loop
+from . import loop, onpolicy
 from .agents import make_agent
 from .agents.base import Agent
 from .backend import make_ops, resolve_backend
@@ -259,7 +259,10 @@ given that the algorithm does not read, recorded in config.json."""
     envs = _make_envs(sd, 0)
     agent = _build_agent(cfg, sd, envs.obs_dim, envs.act_dim, device, ops)
     obs_dim, act_dim = envs.obs_dim, envs.act_dim
-    rb: Any = (SeedReplay(sd.S, cfg.buffer_size, obs_dim, act_dim, device, cfg.batch_size) if sd.group
+    # the loop's family: an on-policy agent (PPO, DPPO) learns from rollouts (fastrsm.onpolicy) and keeps no replay
+    on_policy = bool(getattr(agent, "on_policy", False))
+    rb: Any = (None if on_policy else
+               SeedReplay(sd.S, cfg.buffer_size, obs_dim, act_dim, device, cfg.batch_size) if sd.group
                else ReplayBuffer(cfg.buffer_size, obs_dim, act_dim, device, cfg.batch_size))
     st = LoopState()
 
@@ -301,7 +304,8 @@ given that the algorithm does not read, recorded in config.json."""
         obs = envs.reset()
         group = {"seeds": sd.seeds, "frozen": list(sd.frozen), "messages": list(sd.messages)} if sd.group else None
         for i in sd.live():
-            state = {"agent": sd.agent_state(agent, i), "replay": sd.replay_state(rb, i) if cfg.save_replay else None,
+            replay_state = sd.replay_state(rb, i) if cfg.save_replay and rb is not None else None
+            state = {"agent": sd.agent_state(agent, i), "replay": replay_state,
                      "loop": {**vars(st), "best_return": sd.best[i]}, "rows": sd.logs[i].rows_state(),
                      "rng": rng_state(), "config": sd.cfgs[i].to_dict()}
             if group is not None:
@@ -353,9 +357,10 @@ given that the algorithm does not read, recorded in config.json."""
         postfix["eval"] = " ".join(f"{sd.logs[i].eval_rows[-1]['return_mean']:.1f}" for i in sd.live())
         return all(sd.best[i] >= cfg.stop_return for i in sd.live())
 
-    learner = make_learner(agent, backend, cfg.cuda_graphs, cfg.num_envs)
+    learner: Any = (onpolicy.OnPolicyLearner(agent, backend) if on_policy
+                    else make_learner(agent, backend, cfg.cuda_graphs, cfg.num_envs))
     actor = SeedActor(learner, sd.S if sd.group else None, sd.frozen)
-    replay = rb if wrap_replay is None else wrap_replay(rb)
+    replay = rb if wrap_replay is None or rb is None else wrap_replay(rb)
     obs = envs.reset()
     metrics: dict[str, torch.Tensor] = {}
     t_start = time.perf_counter() - st.wall_time
@@ -373,10 +378,14 @@ given that the algorithm does not read, recorded in config.json."""
     with StopSignals() as stop:
         try:
             while st.env_steps < cfg.total_steps:
-                # -- act, step the envs, learn
-                res = loop.vector_step(cfg, envs, actor, replay, obs, st, metrics, device)
-                obs = res.next_obs
-                for k, r in zip(np.flatnonzero(res.done), res.episode_returns):
+                # -- act, step the envs, learn: one vector step, or one rollout and its update
+                before = st.env_steps
+                if on_policy:
+                    obs, ended = onpolicy.rollout_update(cfg, envs, learner, obs, st, metrics, device)
+                else:
+                    res = loop.vector_step(cfg, envs, actor, replay, obs, st, metrics, device)
+                    obs, ended = res.next_obs, zip(np.flatnonzero(res.done), res.episode_returns)
+                for k, r in ended:
                     sd.ep_returns[k // E].append(float(r))
                 pace(agent.updates, st.env_steps)
                 if st.env_steps >= next_check:
@@ -396,7 +405,7 @@ given that the algorithm does not read, recorded in config.json."""
                     checkpoints_done = st.env_steps // cfg.checkpoint_every
                     checkpoint()
                 bar.set_postfix(postfix, refresh=False)
-                bar.update(E)
+                bar.update(st.env_steps - before)
                 if reached:
                     who = "every seed" if sd.group else "the run"
                     message = f"{who} reached stop-return {cfg.stop_return:g} by env step {st.env_steps}"

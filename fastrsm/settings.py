@@ -26,8 +26,9 @@ from .diffusion import SCHEDULES
 from .envs import ENV_BACKENDS
 from .utils import DEVICES
 
+# what fastrsm.config gives
 __all__ = ["PRESETS", "AlgoSettings", "Config", "ConfigError", "apply_overrides", "field_help", "field_names",
-           "load_config_file", "make_config", "preset_for_algo", "unused_settings"]  # what fastrsm.config gives
+           "load_config_file", "make_config", "preset_for_algo", "settings_of", "unused_settings"]
 
 CRITIC_ACTIVATIONS = ("mish", "relu")
 
@@ -379,6 +380,12 @@ def unused_settings(algo: str, names: Any) -> list[str]:
     own = _ALGO_BY_NAME.get(algo)
     own_fields = {f.name for f in dataclasses.fields(own)} if own is not None else set()
     return sorted(n for n in names if n in _ALGO_FIELDS and n not in own_fields)
+
+
+def settings_of(algo: str) -> type[AlgoSettings] | None:
+    """The settings class `algo` registered (None for an unknown name): lets a `check` that concerns one family of
+    algorithms (e.g. the on-policy rollout's shape) apply to runs of that family only."""
+    return _ALGO_BY_NAME.get(algo)
 
 
 def preset_for_algo(preset: str, algo: str) -> dict[str, Any]:

@@ -148,7 +148,7 @@ def test_one_list_of_algorithms(name):
     assert name in AGENTS and AGENTS[name].algo == name
     check_algo(name)
     with pytest.raises(ConfigError, match="choose one of dpmd, sdac, sac"):
-        check_algo("ppo")
+        check_algo("trpo")
 
 
 def test_every_algorithm_says_what_it_is_and_where_it_comes_from(capsys):

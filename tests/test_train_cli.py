@@ -30,7 +30,7 @@ def _run(args: list[str], capsys) -> tuple[int, str]:
     (["--total-steps", "0"], "total-steps must be a positive integer"),
     (["--total-steps", "-5"], "total-steps must be a positive integer"),
     (["--total-steps", "ten"], "total-steps expects an integer"),
-    (["--algo", "ppo"], "unknown algo 'ppo'"),
+    (["--algo", "trpo"], "unknown algo 'trpo'"),
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--backend", "jax"], "unknown backend 'jax'"),
     (["--lr-policy", "-1"], "lr-policy must be a positive number"),

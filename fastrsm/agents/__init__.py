@@ -12,14 +12,18 @@ from .dacer2 import DACER2
 from .dipo import DIPO
 from .dpmd import DPMD
 from .dpmd2 import DPMD2
+from .dppo import DPPO
+from .onpolicy_base import OnPolicyAgent
+from .ppo import PPO
 from .qsm import QSM
 from .qvpo import QVPO
 from .sac import SAC
 from .sdac import SDAC
 from .td3 import TD3
 
-AGENTS: dict[str, type[Agent]] = {cls.algo: cls for cls in (DPMD, SDAC, SAC, DACER, DACER2, TD3, QSM, QVPO, DPMD2,
-                                                            DIPO)}
+# off-policy agents (fastrsm.agents.base.Agent) and on-policy ones (OnPolicyAgent; their `on_policy` picks the loop)
+AGENTS: dict[str, type[Agent] | type[OnPolicyAgent]] = {
+    cls.algo: cls for cls in (DPMD, SDAC, SAC, DACER, DACER2, TD3, QSM, QVPO, DPMD2, DIPO, PPO, DPPO)}
 for _cls in AGENTS.values():  # each algorithm's own settings become part of Config
     register_settings(_cls.Settings, _cls.algo)
 
@@ -35,7 +39,7 @@ def check_algo(algo: str, seeds: int | None = None) -> None:
 
 
 def make_agent(algo: str, obs_dim: int, act_dim: int, cfg: Config, device: torch.device, ops: Ops,
-               seeds: int | None = None) -> Agent:
+               seeds: int | None = None) -> Agent | OnPolicyAgent:
     """The agent of `algo`, computing its hot paths with `ops` (fastrsm.backend.make_ops); `seeds=S`: S independent
     agents as one, every input and output with a leading seed axis (fastrsm.seeds)."""
     check_algo(algo, seeds)
@@ -44,5 +48,5 @@ def make_agent(algo: str, obs_dim: int, act_dim: int, cfg: Config, device: torch
     return AGENTS[algo](obs_dim, act_dim, cfg, device, ops, seeds=seeds)
 
 
-__all__ = ["AGENTS", "Agent", "DACER", "DACER2", "DIPO", "DPMD", "DPMD2", "Parts", "QSM", "QVPO", "SAC", "SDAC",
-           "TD3", "check_algo", "make_agent"]
+__all__ = ["AGENTS", "Agent", "DACER", "DACER2", "DIPO", "DPMD", "DPMD2", "DPPO", "OnPolicyAgent", "PPO", "Parts",
+           "QSM", "QVPO", "SAC", "SDAC", "TD3", "check_algo", "make_agent"]

@@ -207,6 +207,7 @@ class Agent(nn.Module):
     algo = "base"
     about = ""  # one line: what the algorithm is and its source (--help, the unknown-algo error, README)
     Settings: type[AlgoSettings] = AlgoSettings  # the algorithm's own settings (fastrsm.config), none here
+    on_policy = False  # True: fastrsm.runner collects rollouts for it (fastrsm.onpolicy), not a replay
     supports_seeds = True  # the seed axis of fastrsm.seeds (every parameter, statistic and input stacked over S)
     # fastrsm.compiled traces `backward()` into the update's graph (one graph per update); an agent whose update
     # does not compile equal to eager that way sets this False and keeps the graph breaks at backward()
