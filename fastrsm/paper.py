@@ -105,7 +105,8 @@ def make_trials(tasks: Sequence[str], algos: Sequence[str], seeds: list[int], pr
 
 
 # ------------------------------------------------------------------------------------------------ dry run
-def measured_pace(trials: Sequence[Any], updates: int = 5) -> dict[tuple[str, str, str], float]:
+def measured_pace(trials: Sequence[Any], updates: int = 5, progress: bool = False
+                  ) -> dict[tuple[str, str, str], float]:
     """Seconds per env step of each (task, algo, preset) on this machine, one thread: a few updates of the run's
     agent on random replay rows, times updates per env step, plus the env's own step (timed on random actions)."""
     import torch
@@ -118,11 +119,15 @@ def measured_pace(trials: Sequence[Any], updates: int = 5) -> dict[tuple[str, st
     from .replay import ReplayBuffer
 
     torch.set_num_threads(1)
-    pace = {}
+    pace: dict[tuple[str, str, str], float] = {}
+    keys = list(dict.fromkeys((t.env, t.algo, t.preset) for t in trials))
     for t in trials:
         key = (t.env, t.algo, t.preset)
         if key in pace:
             continue
+        if progress:  # the paper's grid is 80 (task, method) pairs at its sizes: minutes, so say where it is
+            print(f"fastrsm-paper: measuring the pace here, {len(pace) + 1}/{len(keys)}: {t.env} {t.algo} "
+                  f"({t.preset})", file=sys.stderr, flush=True)
         cfg = make_config(t.preset, {**t.settings, "env_id": t.env, "algo": t.algo, "device": "cpu",
                                      "backend": "torch"})
         obs_dim, act_dim = env_dims(t.env, cfg.env_backend)
@@ -328,7 +333,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     sw.check_trials(trials)
     out = Path(args.out).resolve()
     if args.dry_run:
-        print(plan_text(trials, measured_pace(trials), args.num_cpus or os.cpu_count() or 1))
+        print(plan_text(trials, measured_pace(trials, progress=True), args.num_cpus or os.cpu_count() or 1))
         return 0
     code = 0
     if not args.report_only:
