@@ -314,7 +314,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         algos = sw.parse_list(args.algos, "algos")
         absent = [a for a in algos if a not in AGENTS]
         if absent:
-            raise UsageError(f"not in fastrsm yet: {', '.join(absent)} (it has {', '.join(AGENTS)})")
+            raise UsageError(f"not an algorithm of fastrsm: {', '.join(absent)} (it has {', '.join(AGENTS)})")
         missing = [m for m in missing if m in algos]
     else:
         algos = have

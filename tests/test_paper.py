@@ -45,7 +45,7 @@ def test_the_table_names_the_methods_it_could_not_run():
 
 
 def test_bad_input_is_one_line(capsys):
-    for argv, needle in ((["--algos", "ppo"], "not in fastrsm yet: ppo"), (["--scale", "2"], "--scale"),
+    for argv, needle in ((["--algos", "trpo"], "not an algorithm of fastrsm: trpo"), (["--scale", "2"], "--scale"),
                          (["--ablations", "width"], "unknown ablation"), (["--tasks", "Hoper-v4"], "Hopper")):
         assert paper.main(["--out", "/tmp/never-written", *argv, "--dry-run"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
