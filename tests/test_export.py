@@ -21,7 +21,7 @@ TINY = ["--env", "Pendulum-v1", "--preset", "smoke", "--device", "cpu", "--quiet
         "--particles", "4", "--diffusion-steps", "3", "--hidden", "16", "--log-every", "100", "--reverse-samples", "4"]
 
 
-@pytest.fixture(scope="module", params=["dpmd", "sac", "td3", "qsm", "dpmd2", "dipo", "ppo"])
+@pytest.fixture(scope="module", params=["dpmd", "sac", "td3", "qsm", "dpmd2", "dipo", "ppo", "dppo"])
 def exported(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(request.param)
     run = d / "run"
@@ -35,7 +35,7 @@ def test_exported_policy_acts_as_load_policy(exported):
     algo, run, out = exported
     pol = fastrsm.load_exported(str(out), seed=7)
     assert (pol.obs_dim, pol.act_dim, pol.algo, pol.env_id) == (3, 1, algo, "Pendulum-v1")
-    assert pol.particles == (None if algo in ("sac", "td3", "ppo") else 4) and pol.max_batch == 8
+    assert pol.particles == (None if algo in ("sac", "td3", "ppo", "dppo") else 4) and pol.max_batch == 8
     obs = np.random.default_rng(0).standard_normal((5, 3))
     ref = fastrsm.load_policy(str(run), seed=7)
     for batch in (obs, obs[:1], obs[0]):  # a batch, one row, one observation
