@@ -201,6 +201,29 @@ def linear_decay(step: int, start: int, end: int, v0: float, v1: float) -> float
     return v0 + (v1 - v0) * (step - start) / (end - start)
 
 
+def checkpoint_state(agent: Any, counters: tuple[str, ...]) -> dict[str, Any]:
+    """What every agent's checkpoint holds: its algo, modules, optimisers and the named integer counters."""
+    return {"algo": agent.algo, "modules": agent.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in agent.optimizers().items()},
+            **{c: getattr(agent, c) for c in counters}}
+
+
+def restore_state(agent: Any, ckpt: dict[str, Any], weights_only: bool, counters: tuple[str, ...]) -> bool:
+    """Load `checkpoint_state`'s part of `ckpt` into `agent`: the modules, and unless `weights_only` the optimisers
+    and counters. A checkpoint of another algorithm is a ValueError. Returns whether the training state was loaded
+    (the caller then loads its own extra state)."""
+    if ckpt.get("algo") != agent.algo:
+        raise ValueError(f"checkpoint is of algo {ckpt.get('algo')!r}, not {agent.algo!r}")
+    agent.load_state_dict(ckpt["modules"])
+    if weights_only:
+        return False
+    for k, o in agent.optimizers().items():
+        load_optimizer(o, ckpt["optimizers"][k])
+    for c in counters:
+        setattr(agent, c, int(ckpt[c]))
+    return True
+
+
 class Agent(nn.Module):
     """Base: twin critics, their targets, counters and checkpointing. Subclasses add the policy."""
 
@@ -372,25 +395,11 @@ class Agent(nn.Module):
         pass
 
     def checkpoint(self) -> dict:
-        return {
-            "algo": self.algo,
-            "modules": self.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
-            "updates": self.updates,
-            "policy_updates": self.policy_updates,
-            "extra": self.extra_state(),
-        }
+        return {**checkpoint_state(self, ("updates", "policy_updates")), "extra": self.extra_state()}
 
     def restore(self, ckpt: dict, weights_only: bool = False) -> None:
-        if ckpt.get("algo") != self.algo:
-            raise ValueError(f"checkpoint is of algo {ckpt.get('algo')!r}, not {self.algo!r}")
-        self.load_state_dict(ckpt["modules"])
-        if weights_only:
-            return
-        for k, o in self.optimizers().items():
-            load_optimizer(o, ckpt["optimizers"][k])
-        self.updates, self.policy_updates = ckpt["updates"], ckpt["policy_updates"]
-        self.load_extra_state(ckpt["extra"])
+        if restore_state(self, ckpt, weights_only, ("updates", "policy_updates")):
+            self.load_extra_state(ckpt["extra"])
 
     def parameters_finite(self) -> torch.Tensor:
         """One device bool: are all parameters finite (a single reduction, read at intervals)."""

@@ -23,7 +23,7 @@ from ..backend import Ops
 from ..losses import gae
 from ..normalize import ObsNormalizer, RewardScaler
 from ..settings import AlgoSettings, Config, Need, settings_of
-from .base import load_optimizer, make_adam, set_lr
+from .base import checkpoint_state, make_adam, restore_state, set_lr
 
 Metrics = dict[str, torch.Tensor]
 
@@ -214,16 +214,7 @@ class OnPolicyAgent(nn.Module):
         return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
 
     def checkpoint(self) -> dict[str, Any]:
-        return {"algo": self.algo, "modules": self.state_dict(),
-                "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
-                "updates": self.updates, "iterations": self.iterations}
+        return checkpoint_state(self, ("updates", "iterations"))
 
     def restore(self, ckpt: dict[str, Any], weights_only: bool = False) -> None:
-        if ckpt.get("algo") != self.algo:
-            raise ValueError(f"checkpoint is of algo {ckpt.get('algo')!r}, not {self.algo!r}")
-        self.load_state_dict(ckpt["modules"])
-        if weights_only:
-            return
-        for k, o in self.optimizers().items():
-            load_optimizer(o, ckpt["optimizers"][k])
-        self.updates, self.iterations = int(ckpt["updates"]), int(ckpt["iterations"])
+        restore_state(self, ckpt, weights_only, ("updates", "iterations"))
