@@ -238,3 +238,23 @@ def value_loss(v: torch.Tensor, returns: torch.Tensor, old_v: torch.Tensor, clip
         return 0.5 * unclipped
     clipped = (old_v + (v - old_v).clamp(-clip, clip) - returns) ** 2
     return 0.5 * torch.maximum(unclipped, clipped)
+
+
+# ---------------------------------------------------------------- a temperature held to a KL budget (DPMD2; DPMD and
+# SDAC with alpha_mode=kl)
+def weight_entropy(w: torch.Tensor) -> torch.Tensor:
+    """H of one state's weights normalised to a distribution over its N particles, Σ −p log p ([...])."""
+    p = w / w.sum(-1, keepdim=True)
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+def kl_alpha_loss(log_alpha: torch.Tensor, entropy: torch.Tensor, kl: float, particles: int) -> torch.Tensor:
+    """α·(κ + H − log N), H averaged over states: its gradient in α is positive (α falls, the weights sharpen)
+    while the weights are closer to uniform than the KL budget κ allows."""
+    return log_alpha.exp() * (kl + entropy.mean(-1).detach() - math.log(particles))
+
+
+def logit_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H of softmax(logits) over the last axis (one state's candidates), Σ −p log p, [...]."""
+    logp = torch.log_softmax(logits, -1)
+    return -(logp.exp() * logp).sum(-1)

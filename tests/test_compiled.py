@@ -19,18 +19,22 @@ S, A = 5, 2
 
 
 def build(algo: str, seeds: int | None = None):
+    """`algo`, or `algo:kl` for its temperature held to a KL budget (alpha_mode kl, DPMD with softmax weights)."""
     from fastrsm.backend import make_ops
 
-    cfg = make_config("smoke", {"algo": algo, "device": "cpu", "hidden": 16, "particles": 4, "diffusion_steps": 3,
-                                "reverse_samples": 4, "batch_size": 16, "policy_delay": 1, "alpha_every": 1,
-                                "lr_decay_start": 0, "lr_decay_end": 3})
+    algo, _, mode = algo.partition(":")
+    extra = {"alpha_mode": "kl", **({"dpmd_weights": "softmax"} if algo == "dpmd" else {})} if mode == "kl" else {}
+    cfg = make_config("smoke", {**extra, "algo": algo, "device": "cpu", "hidden": 16, "particles": 4,
+                                "diffusion_steps": 3, "reverse_samples": 4, "batch_size": 16, "policy_delay": 1,
+                                "alpha_every": 1, "lr_decay_start": 0, "lr_decay_end": 3})
     torch.manual_seed(0)
     return make_agent(algo, S, A, cfg, torch.device("cpu"), make_ops("compile", "cpu"), seeds=seeds)
 
 
 # dacer2: the chain backward and the GMM α step; seeds: the seed-stacked agent a --seeds group compiles
 @pytest.mark.parametrize("algo,seeds", [("dpmd", None), ("sdac", None), ("sac", None), ("dacer2", None), ("td3", None),
-                                        ("qsm", None), ("qvpo", None), ("dpmd2", None), ("dpmd", 2)])
+                                        ("qsm", None), ("qvpo", None), ("dpmd2", None), ("dpmd", 2),
+                                        ("sdac:kl", None), ("dpmd:kl", 2)])
 def test_compiled_act_and_update_equal_eager(algo, seeds):
     import torch._inductor.config as inductor
 

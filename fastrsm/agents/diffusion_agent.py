@@ -15,7 +15,7 @@ import torch
 
 from ..backend import Ops
 from ..diffusion import X_T_SCALE, DiffusionPolicy, randn
-from ..losses import alpha_loss, noise_entropy
+from ..losses import alpha_loss, kl_alpha_loss, noise_entropy
 from ..replay import Batch
 from ..settings import AlgoSettings, Config, Need
 from .base import (
@@ -37,7 +37,7 @@ class DiffusionSettings(AlgoSettings):
 
     alpha_init: float = 5.0
     lr_alpha: float = 7e-3
-    explore_std: float = 0.1  # exploration noise std is explore_std * alpha
+    explore_std: float = 0.1  # exploration noise std: explore_std * alpha (alpha_mode kl: explore_std)
     train_particles: int = 0  # N of the exploring action during training; 0 = `particles` (FlowRL: 1)
     target_particles: int = 0  # N of the bootstrap's a' (also DPMD's a_0 / SDAC's anchor); 0 = `particles`
 
@@ -49,6 +49,30 @@ class DiffusionSettings(AlgoSettings):
         need(cfg.explore_std >= 0, f"explore-std must be >= 0, got {cfg.explore_std}")
         for name in ("train_particles", "target_particles"):
             need(getattr(cfg, name) >= 0, f"{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+
+
+ALPHA_MODES = ("noise", "kl")
+LOG_ALPHA_FLOOR = math.log(1e-6)  # alpha_mode kl: α may shrink with the critic's scale, never to zero
+
+
+@dataclass
+class RSMSettings(DiffusionSettings):
+    """DPMD's and SDAC's temperature: the authors' anneal, or held to a KL budget on the per-state weights."""
+
+    # noise: the authors' α, stepped every alpha_every updates toward the target entropy of the exploration noise
+    #   N(0, (explore_std·α)²) — an open-loop anneal, the same on every task;
+    # kl: α steps with every policy step so that one state's weights over its candidates (DPMD: the bootstrap's
+    #   particles at s′, softmax/advantage weights; SDAC: the K reverse samples) sit alpha_kl nats from uniform,
+    #   and the exploration noise is explore_std itself, not tied to α (α then carries the critic's units)
+    alpha_mode: str = "noise"
+    alpha_kl: float = 0.5  # κ, alpha_mode kl: the weights' KL budget against uniform, in nats
+
+    @staticmethod
+    def check(cfg: Config, need: Need) -> None:
+        need(cfg.alpha_mode in ALPHA_MODES,
+             f"unknown alpha-mode {cfg.alpha_mode!r}; choose one of {', '.join(ALPHA_MODES)}")
+        need(math.isfinite(cfg.alpha_kl) and cfg.alpha_kl > 0, f"alpha-kl must be a positive number, got "
+             f"{cfg.alpha_kl}")
 
 
 class NextActions(NamedTuple):
@@ -148,6 +172,17 @@ class DiffusionAgent(Agent):
         self.opt_alpha = make_adam([self.log_alpha], cfg.lr_alpha, device, self.compiled)
         self.target_entropy = cfg.target_entropy_per_dim * act_dim
 
+    @property
+    def kl_alpha(self) -> bool:
+        """α held to a KL budget on the per-state weights (alpha_mode kl; DPMD and SDAC)."""
+        return issubclass(self.Settings, RSMSettings) and self.cfg.alpha_mode == "kl"
+
+    @property
+    def exploration_std(self) -> torch.Tensor | float:
+        """The std of the Gaussian added to the exploring action (and to the bootstrap's a′): explore_std·α, or
+        explore_std alone where α is held to a KL budget (its scale is then the critic's, not the action's)."""
+        return self.cfg.explore_std if self.kl_alpha else self.cfg.explore_std * self.alpha
+
     def best_of_n(self, policy: DiffusionPolicy, obs: torch.Tensor, noise_std: torch.Tensor | float,
                   particles: int = 0, generator: torch.Generator | None = None) -> NextActions:
         """`best_of_n` with this agent's critic, N = `particles` or the run's N."""
@@ -159,7 +194,7 @@ class DiffusionAgent(Agent):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         if explore:  # training: train_particles (FlowRL: one chain sample) and the exploration noise
-            return self.best_of_n(self.policy_ema, obs, self.cfg.explore_std * self.alpha,
+            return self.best_of_n(self.policy_ema, obs, self.exploration_std,
                                   self.cfg.train_particles, generator).action
         return self.best_of_n(self.policy_ema, obs, 0.0, generator=generator).action
 
@@ -168,7 +203,7 @@ class DiffusionAgent(Agent):
         # a' comes from the acting sampler, exploration noise included (as in the authors' code): the noise
         # smooths the bootstrap and keeps DPMD's regression target from collapsing onto one action per state.
         # Unlike that code we clip a' to the action box, where the critic has data.
-        drawn = self.best_of_n(self.policy, next_obs, self.cfg.explore_std * self.alpha, self.cfg.target_particles)
+        drawn = self.best_of_n(self.policy, next_obs, self.exploration_std, self.cfg.target_particles)
         return self.critic_target.min_q(next_obs, drawn.action), drawn
 
     def policy_loss(self, batch: Batch, reuse: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -186,7 +221,21 @@ class DiffusionAgent(Agent):
         # policy's actions, so the loss reuses them instead of running a second reverse chain at s.
         loss, metrics = self.policy_loss(batch, reuse)
         gradient_step(self.opt_pi, self.total(loss))
+        entropy, candidates = metrics.pop("_w_entropy", None), metrics.pop("_candidates", None)
+        if self.kl_alpha and self.cfg.learn_alpha:  # α on this step's weights (alpha_mode kl)
+            a_loss = kl_alpha_loss(self.log_alpha, entropy, self.cfg.alpha_kl, candidates)
+            gradient_step(self.opt_alpha, self.total(a_loss))
+            with torch.no_grad():
+                self.log_alpha.clamp_(min=LOG_ALPHA_FLOOR)
+            metrics["loss_alpha"] = a_loss.detach()
+            metrics["w_entropy"] = entropy.mean(-1)
         return {"loss_pi": loss.detach(), **metrics}
+
+    def parts_for(self, updates: int) -> Parts:
+        if not self.kl_alpha:
+            return super().parts_for(updates)
+        # alpha_mode kl: α steps inside the policy step, so there is no separate "alpha" part
+        return ("critic", "policy") if (updates + 1) % self.cfg.policy_delay == 0 else ("critic",)
 
     def after_policy_step(self) -> None:
         polyak(self.policy_ema, self.policy, self.cfg.tau)

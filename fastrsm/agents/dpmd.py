@@ -22,16 +22,16 @@ import torch
 
 from ..backend import Ops
 from ..diffusion import q_sample
-from ..losses import dpmd_loss, dpmd_weights, normalize_q, state_advantage
+from ..losses import dpmd_loss, dpmd_weights, logit_entropy, normalize_q, state_advantage
 from ..replay import Batch
-from ..settings import Config, Need
-from .diffusion_agent import DiffusionAgent, DiffusionSettings, NextActions
+from ..settings import Config, Need, settings_of
+from .diffusion_agent import DiffusionAgent, NextActions, RSMSettings
 
 DPMD_WEIGHTS = ("exp", "softmax", "advantage")
 
 
 @dataclass
-class DPMDSettings(DiffusionSettings):
+class DPMDSettings(RSMSettings):
     # exp = exp(clip(q_norm)/lambda); softmax = K*softmax_k(clip(q_norm)/lambda) over a state's particles;
     # advantage = the same softmax of clip((q - mean_k q)/std_k q)/lambda (see the module docstring)
     dpmd_weights: str = "exp"
@@ -59,6 +59,10 @@ class DPMDSettings(DiffusionSettings):
             v = getattr(cfg, name)
             need(math.isfinite(v) and v > 0, f"{name.replace('_', '-')} must be a positive number, got {v}")
         need(cfg.q_norm_eps >= 0, f"q-norm-eps must be >= 0, got {cfg.q_norm_eps}")
+        dpmd_run = isinstance(settings_of(cfg.algo), type) and issubclass(settings_of(cfg.algo), DPMDSettings)
+        need(not dpmd_run or cfg.alpha_mode != "kl" or cfg.dpmd_weights in ("softmax", "advantage"),
+             "alpha-mode kl holds one state's weights to a KL budget: it needs dpmd-weights softmax or advantage "
+             f"(per-state weights), not {cfg.dpmd_weights!r}")
 
 
 class RunningMeanStd:
@@ -107,7 +111,7 @@ class DPMD(DiffusionAgent):
             q = self.critic.min_q(batch.next_obs, drawn.action)
             if self.cfg.dpmd_particle_noise:  # π_old as the behaviour that acts: the chain's draws plus the noise
                 cand = drawn.particles
-                noise_std = self.per_seed(self.cfg.explore_std * self.alpha, cand)
+                noise_std = self.per_seed(self.exploration_std, cand)
                 noisy = (cand + noise_std * torch.randn_like(cand)).clamp(-1.0, 1.0)
                 obs = batch.next_obs.unsqueeze(-2).expand(*cand.shape[:-1], batch.next_obs.shape[-1])
                 drawn = drawn._replace(particles=noisy, q_particles=self.critic.min_q(obs, noisy))
@@ -133,7 +137,10 @@ class DPMD(DiffusionAgent):
                 q, mean, std, cfg.public_code_norm)
             logits = score.clamp(-cfg.q_clip, cfg.q_clip) / lam
             w_max = torch.softmax(logits, -1).flatten(-2).max(-1).values * N
-            return self.ops.sm_loss(eps_pred, eps, logits), {"w_max": w_max}
+            metrics = {"w_max": w_max}
+            if self.kl_alpha:  # the weights' entropy per state, for α (DiffusionAgent.policy_step)
+                metrics.update(_w_entropy=logit_entropy(logits.detach()), _candidates=N)
+            return self.ops.sm_loss(eps_pred, eps, logits), metrics
         a0 = reuse.drawn.action
         lam, mean, std = (x if self.seeds is None else x.squeeze(-1) for x in (lam, mean, std))  # against [S, B]
         w = dpmd_weights(reuse.q, lam, mean, std, cfg.q_clip, cfg.public_code_norm)

@@ -44,6 +44,7 @@ import torch
 
 from ..backend import Ops
 from ..diffusion import DiffusionPolicy, q_sample, randn
+from ..losses import kl_alpha_loss, weight_entropy
 from ..replay import Batch
 from ..settings import Config, Need
 from .base import Parts, gradient_step, make_adam
@@ -142,16 +143,6 @@ def relu_square_weights(q: torch.Tensor, alpha: torch.Tensor | float) -> torch.T
 WEIGHTS = {"lse": lse_weights, "relu_linear": relu_linear_weights, "relu_square": relu_square_weights}
 
 
-def weight_entropy(w: torch.Tensor) -> torch.Tensor:
-    """H of one state's weights normalised to a distribution over its N particles, Σ −p log p ([...])."""
-    p = w / w.sum(-1, keepdim=True)
-    return -torch.special.xlogy(p, p).sum(-1)
-
-
-def kl_alpha_loss(log_alpha: torch.Tensor, entropy: torch.Tensor, kl: float, particles: int) -> torch.Tensor:
-    """α·(κ + H − log N), H averaged over states: its gradient in α is positive (α falls, the weights sharpen)
-    while the weights are closer to uniform than the KL budget κ allows."""
-    return log_alpha.exp() * (kl + entropy.mean(-1).detach() - math.log(particles))
 
 
 class DPMD2(DiffusionAgent):

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 import torch
 
 from ..diffusion import q_sample
-from ..losses import sdac_reverse_samples, sdac_reverse_samples_truncated
+from ..losses import logit_entropy, sdac_reverse_samples, sdac_reverse_samples_truncated
 from ..replay import Batch
 from ..settings import Config, Need
-from .diffusion_agent import DiffusionAgent, DiffusionSettings, NextActions
+from .diffusion_agent import DiffusionAgent, NextActions, RSMSettings
 
 SDAC_ANCHORS = ("policy", "replay")
 SDAC_REVERSE = ("clip", "truncnorm")
 
 
 @dataclass
-class SDACSettings(DiffusionSettings):
+class SDACSettings(RSMSettings):
     reverse_samples: int = 64  # K, the samples of phi_{0|t}
     sdac_q_scale: float = 5.0  # SDAC logits are sdac_q_scale * q / alpha
     sdac_anchor: str = "policy"  # h_t: the policy's action at s' noised (policy) or the replay action at s (replay)
@@ -64,4 +64,7 @@ class SDAC(DiffusionAgent):
             logits = q * self.per_seed(cfg.sdac_q_scale / self.alpha, q)
         eps_pred = self.policy.eps_net(a_t, s, t)
         loss = self.ops.sm_loss(eps_pred, eps_k, logits)
-        return loss, {"w_max": torch.softmax(logits, -1).max(-1).values.mean(-1)}
+        metrics = {"w_max": torch.softmax(logits, -1).max(-1).values.mean(-1)}
+        if self.kl_alpha:  # the weights' entropy per state, for α (DiffusionAgent.policy_step)
+            metrics.update(_w_entropy=logit_entropy(logits), _candidates=K)
+        return loss, metrics

@@ -43,7 +43,7 @@ def measure(seed_dir: Path, checkpoint: str, states: int, draws: int, seed: int)
     if hasattr(agent, "policy_ema"):
         a = agent.act(rep, explore=False).view(states, draws, -1)  # one chain sample each (N = 1)
         full = load_policy(str(seed_dir), checkpoint=checkpoint, seed=seed, backend="torch").agent
-        noise = float(full.cfg.explore_std * full.alpha) if hasattr(full, "alpha") else float("nan")
+        noise = float(full.exploration_std) if hasattr(full, "exploration_std") else float("nan")
         e = full.act(rep, explore=True).view(states, draws, -1)  # best-of-N pick + the training noise
     else:
         a = agent.act(rep, explore=True).view(states, draws, -1)
