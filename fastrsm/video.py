@@ -58,6 +58,24 @@ def annotate(frame: np.ndarray, text: str) -> Any:
     return img
 
 
+def follow_body(env: Any) -> None:
+    """Keep the camera over the body the task's camera config names (`trackbodyid`): gymnasium sets it on a free
+    camera, which MuJoCo does not move, so a walker leaves the frame. Moves the look-at point in x and y only."""
+    renderer = getattr(env.unwrapped, "mujoco_renderer", None)
+    viewer = getattr(renderer, "viewer", None)
+    body = (getattr(renderer, "default_cam_config", None) or {}).get("trackbodyid", -1)
+    if viewer is None or body is None or body < 1:
+        return
+    viewer.cam.lookat[:2] = env.unwrapped.data.xpos[body][:2]
+
+
+def _frame(env: Any) -> np.ndarray:
+    if getattr(getattr(env.unwrapped, "mujoco_renderer", None), "viewer", 1) is None:
+        env.render()  # the first call creates the viewer (and its camera)
+    follow_body(env)
+    return env.render()
+
+
 def write_video(path: str, images: list[Any], fps: float) -> None:
     """`images` (PIL) to `path`: .gif through Pillow, .mp4 through imageio's ffmpeg; written to a temporary file
     first and moved into place, so a stopped write leaves no half file."""
@@ -114,13 +132,13 @@ def record_episode(policy: Any, path: str, seed: int = 12345, fps: float = 30.0,
     images, ret, steps = [], 0.0, 0
     try:
         obs, _ = env.reset(seed=seed)
-        images.append(annotate(env.render(), f"{policy.env_id}  {policy.algo}  step 0  return 0.0"))
+        images.append(annotate(_frame(env), f"{policy.env_id}  {policy.algo}  step 0  return 0.0"))
         done = False
         while not done and (max_steps is None or steps < max_steps):
             obs, reward, terminated, truncated, _ = env.step(policy.act(obs))
             ret, steps, done = ret + float(reward), steps + 1, bool(terminated or truncated)
             if steps % stride == 0 or done or steps == max_steps:
-                images.append(annotate(env.render(), f"{policy.env_id}  {policy.algo}  step {steps}  return "
+                images.append(annotate(_frame(env), f"{policy.env_id}  {policy.algo}  step {steps}  return "
                                                      f"{ret:.1f}"))
     finally:
         env.close()
