@@ -67,6 +67,10 @@ class RSMSettings(DiffusionSettings):
     alpha_mode: str = "noise"
     alpha_kl: float = 0.5  # κ, alpha_mode kl: the weights' KL budget against uniform, in nats
 
+    help = {"alpha_mode": "noise (the authors' anneal of alpha) or kl (alpha held to a KL budget on one state's "
+                          "weights; noise = explore-std; docs/algorithms.md §6)",
+            "alpha_kl": "alpha-mode kl: the weights' KL budget against uniform, in nats"}
+
     @staticmethod
     def check(cfg: Config, need: Need) -> None:
         need(cfg.alpha_mode in ALPHA_MODES,

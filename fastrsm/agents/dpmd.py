@@ -46,7 +46,8 @@ class DPMDSettings(RSMSettings):
 
     # FlowRL (github typoverflow/flow-rl, examples/online/config/mujoco/algo/dpmd.yaml): temp 0.1, ε-network 2×256
     presets = {"flowrl": dict(alpha_init=0.1, layers=2)}
-    help = {"public_code_norm": "reproduce the public DPMD's q - mean / std precedence bug (constant weights)"}
+    help = {**RSMSettings.help,
+            "public_code_norm": "reproduce the public DPMD's q - mean / std precedence bug (constant weights)"}
 
     @staticmethod
     def check(cfg: Config, need: Need) -> None:
