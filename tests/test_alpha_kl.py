@@ -82,7 +82,8 @@ def test_no_alpha_part_and_noise_is_explore_std(algo):
 @pytest.mark.parametrize("over, needle", [
     ({"algo": "sdac", "alpha_mode": "entropy"}, "unknown alpha-mode"),
     ({"algo": "sdac", "alpha_mode": "kl", "alpha_kl": 0.0}, "alpha-kl must be a positive number"),
-    ({"algo": "dpmd", "alpha_mode": "kl", "dpmd_weights": "exp"}, "needs dpmd-weights softmax or advantage"),
+    ({"algo": "dpmd", "alpha_mode": "kl", "dpmd_weights": "exp"}, "needs dpmd-weights softmax"),
+    ({"algo": "dpmd", "alpha_mode": "kl", "dpmd_weights": "advantage"}, "needs dpmd-weights softmax"),
 ])
 def test_refused_in_one_line(over, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -61,9 +61,9 @@ class DPMDSettings(RSMSettings):
             need(math.isfinite(v) and v > 0, f"{name.replace('_', '-')} must be a positive number, got {v}")
         need(cfg.q_norm_eps >= 0, f"q-norm-eps must be >= 0, got {cfg.q_norm_eps}")
         dpmd_run = isinstance(settings_of(cfg.algo), type) and issubclass(settings_of(cfg.algo), DPMDSettings)
-        need(not dpmd_run or cfg.alpha_mode != "kl" or cfg.dpmd_weights in ("softmax", "advantage"),
-             "alpha-mode kl holds one state's weights to a KL budget: it needs dpmd-weights softmax or advantage "
-             f"(per-state weights), not {cfg.dpmd_weights!r}")
+        need(not dpmd_run or cfg.alpha_mode != "kl" or cfg.dpmd_weights == "softmax",
+             "alpha-mode kl holds one state's weights to a KL budget: it needs dpmd-weights softmax (per-state "
+             f"weights of raw Q), not {cfg.dpmd_weights!r}")
 
 
 class RunningMeanStd:
@@ -134,9 +134,12 @@ class DPMD(DiffusionAgent):
             a_t = q_sample(sched, cand, t, eps)
             s = next_obs.unsqueeze(-2).expand(*next_obs.shape[:-1], N, next_obs.shape[-1])
             eps_pred = self.policy.eps_net(a_t, s, t)
-            score = state_advantage(q) if cfg.dpmd_weights == "advantage" else normalize_q(
-                q, mean, std, cfg.public_code_norm)
-            logits = score.clamp(-cfg.q_clip, cfg.q_clip) / lam
+            if self.kl_alpha:  # raw Q: α follows the critic's scale, so neither normalising nor clipping is needed
+                logits = q / lam  # (they would flatten one state's differences, and α would chase them to 0)
+            else:
+                score = state_advantage(q) if cfg.dpmd_weights == "advantage" else normalize_q(
+                    q, mean, std, cfg.public_code_norm)
+                logits = score.clamp(-cfg.q_clip, cfg.q_clip) / lam
             w_max = torch.softmax(logits, -1).flatten(-2).max(-1).values * N
             metrics = {"w_max": w_max}
             if self.kl_alpha:  # the weights' entropy per state, for α (DiffusionAgent.policy_step)
