@@ -99,7 +99,7 @@ def test_frozen_base_steps_stay_and_fine_tuned_ones_learn():
 def test_dppo_reaches_900_on_inverted_pendulum(tmp_path):
     """Trained from scratch (no pre-trained policy). Smoke preset (8 EnvPool envs x 128 steps, 4 minibatches of
     whole chains, 10 epochs, T = 5 cosine, every step fine-tuned, lr 1e-3, 64x2 ε-network), seed 0, budget 80 000
-    env steps. Measured 2026-12-06 (2-core CPU shared with two training jobs, 1 thread): 1000 at 49 152 env steps,
+    env steps. Measured 2026-12-08 (2-core CPU shared with two training jobs, 1 thread): 1000 at 49 152 env steps,
     59 s."""
     cfg = make_config("smoke", {"env_id": "InvertedPendulum-v4", "algo": "dppo", "seed": 0, "device": "cpu",
                                 "total_steps": 80_000, "stop_return": 900.0})

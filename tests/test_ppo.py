@@ -170,7 +170,7 @@ def test_state_dependent_std_head():
 @pytest.mark.slow
 def test_ppo_reaches_900_on_inverted_pendulum(tmp_path):
     """Smoke preset (8 EnvPool envs x 128 steps, 4 minibatches, 10 epochs, lr 1e-3, 64x64 tanh), seed 0, budget
-    50 000 env steps. Measured 2026-12-06 (2-core CPU shared with two training jobs, 1 thread): 1000 at 16 384 env
+    50 000 env steps. Measured 2026-12-08 (2-core CPU shared with two training jobs, 1 thread): 1000 at 16 384 env
     steps, 16 s."""
     cfg = make_config("smoke", {"env_id": "InvertedPendulum-v4", "algo": "ppo", "seed": 0, "device": "cpu",
                                 "total_steps": 50_000, "stop_return": 900.0})
